@@ -1,0 +1,718 @@
+"""Pretrained weights: PyTorch checkpoints to named HWIO params, the npz cache, and downloads.
+
+Three networks are supported (``KINDS``):
+
+* ``vgg19``: torchvision's ImageNet VGG-19 (``vgg19-dcbb9e9d.pth``); keys ``features.N.weight``
+  with N the position in :data:`nst_jax.vgg.LAYERS`; the classifier is ignored.
+* ``adain_vgg``: AdaIN's ``vgg_normalised.pth`` encoder (an ``nn.Sequential``; modules 0-30, up to
+  ``relu4_1``, are used; see :data:`ADAIN_VGG_INDEX`).
+* ``adain_decoder``: AdaIN's ``decoder.pth`` (see :data:`ADAIN_DECODER_INDEX`).
+
+``.pth`` files are read by :mod:`nst_jax._pth`, which never imports torch and refuses pickles that
+reference anything but tensor rebuilding. Params come back as
+``{"conv1_1": {"kernel": HWIO float32, "bias": (O,) float32}, ...}`` numpy arrays; channel counts
+come from the file, so narrow networks with the same layout load too.
+
+The project's own format is an ``.npz`` with keys ``"conv1_1/kernel"`` (and ``"__kind__"``), written
+atomically by :func:`save_params`; loaders choose the format by file extension.
+
+Downloads follow ``torch.hub``: files go to :func:`cache_dir`, a ``-<hex>`` suffix of the file name
+is a SHA-256 prefix to check, and a converted ``.npz`` replaces the download so later runs read
+~80 MB instead of 548 MB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.client
+import os
+import re
+import secrets
+import urllib.error
+import urllib.request
+import zipfile
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from nst_jax import _pth, vgg
+from nst_jax._pth import RestrictedUnpickler, read_state_dict
+from nst_jax.errors import (
+    ChecksumError,
+    DownloadError,
+    OutputPathError,
+    WeightsError,
+    check_choice,
+)
+
+__all__ = [
+    "ADAIN_DECODER_INDEX", "ADAIN_DECODER_LAYERS", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
+    "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "converted_path", "fetch",
+    "hash_prefix_from_url", "load", "load_adain_decoder", "load_adain_vgg", "load_params",
+    "load_vgg19", "read_state_dict", "resolve_weights", "save_adain_decoder", "save_params",
+]
+
+Params = dict[str, dict[str, np.ndarray]]
+Progress = Callable[[int, "int | None"], None]
+
+KINDS: tuple[str, ...] = ("vgg19", "adain_vgg", "adain_decoder")
+
+# torchvision ``vgg19().features`` index of each conv (the position of its name in vgg.LAYERS).
+VGG19_INDEX: dict[str, int] = {name: vgg.LAYERS.index(name) for name in vgg.CONV_LAYERS}
+
+# pytorch-AdaIN ``net.py`` ``vgg``: a 1x1 conv, then [ReflectionPad2d, Conv2d, ReLU] per conv and
+# a MaxPool2d after each block; index 30 is the ReLU giving relu4_1, the deepest layer AdaIN uses.
+ADAIN_VGG_INDEX: dict[str, int] = {
+    "preprocess": 0, "conv1_1": 2, "conv1_2": 5, "conv2_1": 9, "conv2_2": 12,
+    "conv3_1": 16, "conv3_2": 19, "conv3_3": 22, "conv3_4": 25, "conv4_1": 29,
+}
+ADAIN_VGG_LAST_MODULE = 30
+
+# pytorch-AdaIN ``net.py`` ``decoder``, in forward order (it mirrors the encoder from relu4_1).
+ADAIN_DECODER_LAYERS: tuple[str, ...] = (
+    "dec4_1", "dec3_4", "dec3_3", "dec3_2", "dec3_1", "dec2_2", "dec2_1", "dec1_2", "dec1_1",
+)
+ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(ADAIN_DECODER_LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
+
+_LEAVES = {"weight": "kernel", "bias": "bias"}  # torch parameter name -> Flax leaf name
+_KIND_KEY = "__kind__"
+_LIST_LIMIT = 4  # keys listed per category in a mismatch message
+
+
+# --- network layouts ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """How one network's convs are named, indexed and shaped in checkpoints."""
+
+    kind: str
+    what: str
+    index: Mapping[str, int]  # param name -> nn.Sequential index, in forward order
+    channels: Mapping[str, tuple[int, int]]  # published (in, out) channels, for "missing" lines
+    kernel: Mapping[str, int]  # square kernel size
+    in_channels: int | None  # the first conv reads RGB
+    out_channels: int | None  # the last conv writes RGB
+    flag: str
+    loader: str
+    hint: str
+    prefix: str = ""  # torchvision nests the convs under "features."
+    ignored: tuple[str, ...] = ()  # key prefixes skipped silently
+    last_module: int | None = None  # keys of deeper Sequential modules are skipped silently
+
+
+def _chain(names: Iterable[str], outs: Iterable[int], cin: int) -> dict[str, tuple[int, int]]:
+    channels = {}
+    for name, cout in zip(names, outs):
+        channels[name] = (cin, cout)
+        cin = cout
+    return channels
+
+
+_VGG_WIDTHS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+
+_LAYOUTS: dict[str, _Layout] = {
+    "vgg19": _Layout(
+        kind="vgg19", what="torchvision VGG-19",
+        index=VGG19_INDEX,
+        channels=_chain(vgg.CONV_LAYERS, (_VGG_WIDTHS[int(n[4])] for n in vgg.CONV_LAYERS), 3),
+        kernel={n: 3 for n in VGG19_INDEX}, in_channels=3, out_channels=None,
+        flag="--weights", loader="load_vgg19",
+        hint="is this a VGG-19 file? for the AdaIN encoder use --vgg / load_adain_vgg",
+        prefix="features.", ignored=("classifier.",),
+    ),
+    "adain_vgg": _Layout(
+        kind="adain_vgg", what="AdaIN vgg_normalised encoder",
+        index=ADAIN_VGG_INDEX,
+        channels={"preprocess": (3, 3), **_chain(
+            list(ADAIN_VGG_INDEX)[1:], (_VGG_WIDTHS[int(n[4])] for n in list(ADAIN_VGG_INDEX)[1:]), 3)},
+        kernel={n: 1 if n == "preprocess" else 3 for n in ADAIN_VGG_INDEX},
+        in_channels=3, out_channels=None,
+        flag="--vgg", loader="load_adain_vgg",
+        hint="is this AdaIN's vgg_normalised.pth? for torchvision's VGG-19 use --weights / load_vgg19",
+        last_module=ADAIN_VGG_LAST_MODULE,
+    ),
+    "adain_decoder": _Layout(
+        kind="adain_decoder", what="AdaIN decoder",
+        index=ADAIN_DECODER_INDEX,
+        channels=_chain(ADAIN_DECODER_LAYERS, (256, 256, 256, 256, 128, 128, 64, 64, 3), 512),
+        kernel={n: 3 for n in ADAIN_DECODER_INDEX}, in_channels=None, out_channels=3,
+        flag="--decoder", loader="load_adain_decoder",
+        hint="is this AdaIN's decoder.pth? for the encoder use --vgg / load_adain_vgg",
+    ),
+}
+
+
+def _fmt(shape: Iterable[int]) -> str:
+    return "x".join(str(d) for d in shape) or "scalar"
+
+
+def _torch_shapes(layout: _Layout, name: str) -> dict[str, tuple[int, ...]]:
+    cin, cout = layout.channels[name]
+    k = layout.kernel[name]
+    return {"kernel": (cout, cin, k, k), "bias": (cout,)}
+
+
+def _match_torch(layout: _Layout, shapes: Mapping[str, tuple[int, ...]]):
+    """Maps state-dict keys to ``(name, leaf)``; returns (found, missing lines, unexpected lines)."""
+    by_index = {i: n for n, i in layout.index.items()}
+    found: dict[tuple[str, str], str] = {}
+    unexpected = []
+    for key, shape in shapes.items():
+        k = key
+        while k.startswith("module."):  # nn.DataParallel wrappers
+            k = k[len("module."):]
+        if k.startswith(layout.ignored):
+            continue
+        if layout.prefix and k.startswith(layout.prefix):
+            k = k[len(layout.prefix):]
+        idx, _, leaf = k.partition(".")
+        if idx.isdigit() and layout.last_module is not None and int(idx) > layout.last_module:
+            continue
+        name = by_index.get(int(idx)) if idx.isdigit() else None
+        slot = _LEAVES.get(leaf)
+        if name is None or slot is None or (name, slot) in found:
+            unexpected.append(f"+{key} {_fmt(shape)}")
+            continue
+        found[name, slot] = key
+    missing = [
+        f"-{layout.prefix}{layout.index[n]}.{torch_leaf} {_fmt(_torch_shapes(layout, n)[slot])}"
+        for n in layout.index for torch_leaf, slot in _LEAVES.items() if (n, slot) not in found
+    ]
+    return found, missing, unexpected
+
+
+def _match_flat(layout: _Layout, shapes: Mapping[str, tuple[int, ...]]):
+    """Like :func:`_match_torch` for npz keys ``"conv1_1/kernel"`` (HWIO)."""
+    found = {}
+    unexpected = []
+    for key, shape in shapes.items():
+        name, _, slot = key.partition("/")
+        if name in layout.index and slot in ("kernel", "bias"):
+            found[name, slot] = key
+        else:
+            unexpected.append(f"+{key} {_fmt(shape)}")
+    missing = []
+    for n in layout.index:
+        o, i, kh, kw = _torch_shapes(layout, n)["kernel"]
+        for slot, shape in (("kernel", (kh, kw, i, o)), ("bias", (o,))):
+            if (n, slot) not in found:
+                missing.append(f"-{n}/{slot} {_fmt(shape)}")
+    return found, missing, unexpected
+
+
+def _guess_kind(shapes: Mapping[str, tuple[int, ...]], npz: bool) -> str | None:
+    """The kind whose layout the keys match exactly, if any."""
+    match = _match_flat if npz else _match_torch
+    for kind, layout in _LAYOUTS.items():
+        _, missing, unexpected = match(layout, shapes)
+        if not missing and not unexpected:
+            return kind
+    return None
+
+
+def _hint(layout: _Layout, guessed: str | None, shapes: Mapping[str, tuple[int, ...]]) -> str:
+    if guessed is not None and guessed != layout.kind:
+        other = _LAYOUTS[guessed]
+        return f"it looks like {other.what} weights: pass it with {other.flag} ({other.loader})"
+    if any(k.endswith("running_mean") for k in shapes):
+        return "batch-norm VGG (e.g. vgg19_bn) is not supported; use plain VGG-19 weights"
+    return layout.hint
+
+
+def _listing(lines: list[str]) -> str:
+    shown = "; ".join(lines[:_LIST_LIMIT])
+    return shown + (f"; ... (+{len(lines) - _LIST_LIMIT} more)" if len(lines) > _LIST_LIMIT else "")
+
+
+def _key_error(source: str, layout: _Layout, missing: list[str], unexpected: list[str],
+               shapes: Mapping[str, tuple[int, ...]], npz: bool) -> WeightsError:
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing: {_listing(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+    hint = _hint(layout, _guess_kind(shapes, npz), shapes)
+    return WeightsError(f"{source} does not match {layout.what} ({'; '.join(parts)}); {hint}")
+
+
+def _check_shapes(source: str, layout: _Layout, found: Mapping[tuple[str, str], str],
+                  shapes: Mapping[str, tuple[int, ...]], hwio: bool) -> None:
+    """Checks kernel sizes, bias lengths and that each conv reads its predecessor's channels."""
+
+    def fail(problem: str) -> None:
+        raise WeightsError(f"{source} does not match {layout.what}: {problem}; {layout.hint}")
+
+    prev_name, prev_out = None, layout.in_channels
+    for name in layout.index:
+        kkey, bkey = found[name, "kernel"], found[name, "bias"]
+        kshape, bshape = shapes[kkey], shapes[bkey]
+        if len(kshape) != 4:
+            fail(f"{kkey} has shape {_fmt(kshape)}, expected a 4-D convolution kernel")
+        kh, kw, cin, cout = kshape if hwio else (kshape[2], kshape[3], kshape[1], kshape[0])
+        size = layout.kernel[name]
+        if (kh, kw) != (size, size):
+            fail(f"{kkey} is a {kh}x{kw} kernel, expected {size}x{size}")
+        if tuple(bshape) != (cout,):
+            fail(f"{bkey} has shape {_fmt(bshape)}, expected {cout} (one per output channel of {name})")
+        if prev_out is not None and cin != prev_out:
+            source_of = f"{prev_name} has {prev_out} output channels" if prev_name else "the input is RGB"
+            fail(f"{kkey} has {cin} input channels but {source_of}")
+        prev_name, prev_out = name, cout
+    if layout.out_channels is not None and prev_out != layout.out_channels:
+        fail(f"{prev_name} has {prev_out} output channels, expected {layout.out_channels} (RGB)")
+
+
+def _finite(source: str, key: str, array: np.ndarray) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise WeightsError(f"{source}: {key} contains NaN or infinite values; the file is damaged")
+    return array
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _existing_file(path: str | os.PathLike, flag: str | None) -> Path:
+    path = Path(path).expanduser()
+    where = f" given to {flag}" if flag else ""
+    if path.is_dir():
+        raise WeightsError(f"{path}{where} is a directory; expected a .pth or .npz weights file")
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}; check the path{where}")
+    return path
+
+
+def _load_pth(path: Path, layout: _Layout) -> Params:
+    with _pth.open_checkpoint(path) as ckpt:
+        shapes = ckpt.shapes()
+        found, missing, unexpected = _match_torch(layout, shapes)
+        if missing or unexpected:
+            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=False)
+        _check_shapes(str(path), layout, found, shapes, hwio=False)
+        params: Params = {}
+        for name in layout.index:
+            kkey, bkey = found[name, "kernel"], found[name, "bias"]
+            # OIHW -> HWIO in the same copy that converts to contiguous float32.
+            kernel = _pth.to_float32(ckpt.view(kkey).transpose(2, 3, 1, 0))
+            params[name] = {"kernel": _finite(str(path), kkey, kernel),
+                            "bias": _finite(str(path), bkey, _pth.to_float32(ckpt.view(bkey)))}
+    return params
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
+    """The arrays of an npz (no pickles) and its ``__kind__`` tag, if any."""
+    fix = "re-create it with scripts/port_weights.py"
+    try:
+        # np.load leaks its own file handle when the zip is corrupt, so pass an open file.
+        with open(path, "rb") as f:
+            archive = np.load(f, allow_pickle=False)
+            if not hasattr(archive, "files"):
+                raise WeightsError(f"{path} is a single .npy array, not an .npz of params; {fix}")
+            with archive:
+                flat = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise WeightsError(f"cannot read {path} as .npz weights ({err}); {fix}") from None
+    tag = flat.pop(_KIND_KEY, None)
+    if tag is not None:
+        tag = str(tag[()]) if isinstance(tag, np.ndarray) and tag.dtype.kind == "U" else repr(tag)
+    bad = [k for k, v in flat.items() if not isinstance(v, np.ndarray)]
+    if bad:
+        raise WeightsError(f"{path} has a member {bad[0]!r} that is not an array; {fix}")
+    return flat, tag
+
+
+def _load_npz(path: Path, layout: _Layout) -> Params:
+    flat, tag = _read_npz(path)
+    shapes = {k: v.shape for k, v in flat.items()}
+    if tag is not None and tag != layout.kind:
+        what = _LAYOUTS[tag].what if tag in _LAYOUTS else repr(tag)
+        raise WeightsError(f"{path} holds {what} weights, not {layout.what}; "
+                           f"{_hint(layout, tag if tag in _LAYOUTS else None, shapes)}")
+    found, missing, unexpected = _match_flat(layout, shapes)
+    if missing or unexpected:
+        raise _key_error(str(path), layout, missing, unexpected, shapes, npz=True)
+    _check_shapes(str(path), layout, found, shapes, hwio=True)
+    params: Params = {}
+    for name in layout.index:
+        params[name] = {}
+        for slot in ("kernel", "bias"):
+            key = found[name, slot]
+            params[name][slot] = _finite(str(path), key, np.asarray(flat[key], np.float32, order="C"))
+    return params
+
+
+def load(path: str | os.PathLike, kind: str, *, flag: str | None = None) -> Params:
+    """Loads weights of network ``kind`` from a ``.pth`` (PyTorch) or ``.npz`` (this project) file.
+
+    Args:
+      path: the weights file; the format is chosen by extension (``.npz`` or anything else).
+      kind: one of :data:`KINDS`.
+      flag: the command-line flag that gave ``path`` (``--weights``), named in error messages.
+
+    Returns:
+      ``{name: {"kernel": HWIO float32, "bias": (O,) float32}}`` in forward order.
+
+    Raises:
+      WeightsError: missing file, wrong network (the message lists missing ``-key shape`` and
+        unexpected ``+key shape`` entries), inconsistent shapes, or a corrupt file.
+      UnsafePickleError: the ``.pth`` pickle references anything but tensor rebuilding.
+      ConfigError: ``kind`` is not one of :data:`KINDS`.
+    """
+    layout = _LAYOUTS[check_choice("weights kind", kind, KINDS, "--kind")]
+    path = _existing_file(path, flag)
+    if path.suffix.lower() == ".npz":
+        return _load_npz(path, layout)
+    return _load_pth(path, layout)
+
+
+def load_vgg19(path: str | os.PathLike) -> Params:
+    """Loads torchvision VGG-19 convs (``features.N.*``, bare ``N.*`` or ``module.``-prefixed) or an npz.
+
+    The classifier is ignored. See :func:`load` for the return value and errors.
+    """
+    return load(path, "vgg19")
+
+
+def load_adain_vgg(path: str | os.PathLike) -> Params:
+    """Loads AdaIN's ``vgg_normalised.pth`` up to relu4_1 (``"preprocess"``, conv1_1..conv4_1) or an npz.
+
+    Matches :data:`nst_jax.vgg.ADAIN_VGG`. See :func:`load` for the return value and errors.
+    """
+    return load(path, "adain_vgg")
+
+
+def load_adain_decoder(path: str | os.PathLike) -> Params:
+    """Loads AdaIN's ``decoder.pth`` as :data:`ADAIN_DECODER_LAYERS` params, or an npz.
+
+    See :func:`load` for the return value and errors.
+    """
+    return load(path, "adain_decoder")
+
+
+def load_params(path: str | os.PathLike) -> Params:
+    """Loads any params npz written by :func:`save_params` (no layout checks) as float32 arrays.
+
+    Raises:
+      WeightsError: the file is missing, not an npz, or has keys not of the form ``layer/leaf``.
+    """
+    path = _existing_file(path, None)
+    flat, _ = _read_npz(path)
+    params: Params = {}
+    for key, value in flat.items():
+        layer, sep, leaf = key.partition("/")
+        if not sep or not layer or not leaf or "/" in leaf:
+            raise WeightsError(f"{path} has key {key!r}, expected 'layer/leaf' such as 'conv1_1/kernel'")
+        params.setdefault(layer, {})[leaf] = np.asarray(value, np.float32, order="C")
+    return params
+
+
+# --- saving ---------------------------------------------------------------------------------------
+
+
+def _write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
+    # A fixed timestamp makes the bytes (and SHA256SUMS entries) reproducible, unlike np.savez.
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _create_temp(folder: Path, name: str, suffix: str) -> tuple[int, Path]:
+    """Creates a new hidden file next to ``folder/name``; unlike mkstemp (0600) it gets the umask's mode."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(6)}{suffix}"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Writes via a temp file in the same folder and os.replace, so readers never see a partial file."""
+    if path.is_dir():
+        raise OutputPathError(f"{path} is a directory; give a file name ending in .npz")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    try:
+        fd, tmp = _create_temp(path.parent, path.name, ".tmp")
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write in {path.parent}: {err.strerror}; choose a writable folder"
+        ) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputPathError(
+            f"cannot write {path}: {err.strerror or err}; check free space and permissions"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, *,
+                kind: str | None = None) -> Path:
+    """Saves params as an npz of float32 arrays keyed ``"layer/leaf"``, atomically.
+
+    Args:
+      params: ``{layer: {leaf: array}}`` (numpy or JAX arrays).
+      path: destination file; ``.npz`` is the extension the loaders recognise.
+      kind: if given (one of :data:`KINDS`), the params are checked against that network's layout
+        and the kind is recorded so that loading it as another network gives a clear error.
+
+    Returns:
+      The path written.
+
+    Raises:
+      WeightsError: a name contains "/", or the params do not match ``kind``.
+      OutputPathError: the folder is missing or not writable.
+    """
+    path = Path(path).expanduser()
+    flat: dict[str, np.ndarray] = {}
+    for layer, leaves in params.items():
+        for leaf, value in leaves.items():
+            if not layer or not leaf or "/" in layer or "/" in leaf:
+                raise WeightsError(
+                    f"cannot save param {layer!r}/{leaf!r}: names must be non-empty, without '/'"
+                )
+            flat[f"{layer}/{leaf}"] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+    if kind is not None:
+        layout = _LAYOUTS[check_choice("weights kind", kind, KINDS, "--kind")]
+        shapes = {k: v.shape for k, v in flat.items()}
+        found, missing, unexpected = _match_flat(layout, shapes)
+        if missing or unexpected:
+            raise _key_error("params to save", layout, missing, unexpected, shapes, npz=True)
+        _check_shapes("params to save", layout, found, shapes, hwio=True)
+        flat[_KIND_KEY] = np.array(kind)
+    _atomic_write(path, lambda f: _write_npz(f, flat))
+    return path
+
+
+def save_adain_decoder(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
+    """Saves AdaIN decoder params (names :data:`ADAIN_DECODER_LAYERS`) as an npz; see :func:`save_params`."""
+    return save_params(params, path, kind="adain_decoder")
+
+
+# --- downloads ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsSpec:
+    """A downloadable weights file.
+
+    ``sha256_prefix`` is checked as ``torch.hub`` does (the ``-<hex>`` part of the file name);
+    ``sha256`` is a full digest when known. With neither, the digest of the first download is
+    recorded next to it and later downloads must match it.
+    """
+
+    url: str
+    filename: str
+    kind: str
+    flag: str
+    sha256_prefix: str | None = None
+    sha256: str | None = None
+
+
+WEIGHTS: dict[str, WeightsSpec] = {
+    "vgg19": WeightsSpec(
+        url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+        filename="vgg19-dcbb9e9d.pth", kind="vgg19", flag="--weights", sha256_prefix="dcbb9e9d",
+    ),
+    "adain_vgg": WeightsSpec(
+        url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/vgg_normalised.pth",
+        filename="adain_vgg_normalised.pth", kind="adain_vgg", flag="--vgg",
+    ),
+    "adain_decoder": WeightsSpec(
+        url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/decoder.pth",
+        filename="adain_decoder.pth", kind="adain_decoder", flag="--decoder",
+    ),
+}
+
+_CHUNK = 1 << 20
+_TIMEOUT_S = 60.0
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub HASH_REGEX
+
+
+def hash_prefix_from_url(url: str) -> str | None:
+    """The SHA-256 prefix in a ``name-<hex>.ext`` file name (torch.hub convention), or None."""
+    match = _HASH_IN_NAME.search(url.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def cache_dir() -> Path:
+    """``$NST_JAX_CACHE``, else ``$XDG_CACHE_HOME/nst_jax``, else ``~/.cache/nst_jax``."""
+    if os.environ.get("NST_JAX_CACHE"):
+        return Path(os.environ["NST_JAX_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "nst_jax"
+
+
+def _spec(name: str | WeightsSpec) -> WeightsSpec:
+    if isinstance(name, WeightsSpec):
+        return name
+    return WEIGHTS[check_choice("weights", name, WEIGHTS)]
+
+
+def converted_path(name: str | WeightsSpec) -> Path:
+    """Where the converted npz of a registry entry is cached."""
+    return cache_dir() / (Path(_spec(name).filename).stem + ".npz")
+
+
+def _record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".sha256")
+
+
+def _recorded_hash(dest: Path) -> str | None:
+    try:
+        token = _record_path(dest).read_text(encoding="ascii").split()[0]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    return token if re.fullmatch(r"[0-9a-f]{64}", token) else None
+
+
+def _download_error(spec: WeightsSpec, reason: str) -> DownloadError:
+    return DownloadError(
+        f"could not download {spec.kind} weights from {spec.url} ({reason}) and there is no cached copy "
+        f"at {converted_path(spec)}; download the file elsewhere and pass {spec.flag} PATH "
+        f"(or convert it with scripts/port_weights.py --kind {spec.kind})"
+    )
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return str(err.reason)
+    return str(err) or type(err).__name__
+
+
+def _content_length(response) -> int | None:
+    headers = getattr(response, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
+    return int(value) if value is not None and str(value).isdigit() else None
+
+
+def _stream(spec: WeightsSpec, out: BinaryIO, progress: Progress | None, opener) -> str:
+    """Downloads ``spec.url`` into ``out``; returns the SHA-256 hex digest."""
+    errors = (urllib.error.URLError, http.client.HTTPException, OSError, ValueError)
+    try:
+        response = opener(spec.url, timeout=_TIMEOUT_S)
+    except errors as err:
+        raise _download_error(spec, _reason(err)) from None
+    digest = hashlib.sha256()
+    done = 0
+    try:
+        total = _content_length(response)
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    except errors as err:
+        raise _download_error(spec, _reason(err)) from None
+    finally:
+        response.close()
+    if total is not None and done != total:
+        raise _download_error(spec, f"connection closed after {done} of {total} bytes")
+    return digest.hexdigest()
+
+
+def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
+          opener: Callable[..., BinaryIO] = urllib.request.urlopen, force: bool = False) -> Path:
+    """Downloads a registry file into :func:`cache_dir` and verifies its SHA-256, as torch.hub does.
+
+    The file is streamed into a temp file in the cache folder and moved into place only if the
+    digest matches, so a failed or corrupted download never replaces a good cached copy.
+
+    Args:
+      name: a key of :data:`WEIGHTS`, or a :class:`WeightsSpec`.
+      progress: called as ``progress(bytes_done, total_bytes_or_None)`` after each chunk.
+      opener: called as ``opener(url, timeout=seconds)``; returns a readable binary response.
+      force: download even if the file is already cached.
+
+    Returns:
+      The path of the cached file.
+
+    Raises:
+      DownloadError: the download failed (the message names the URL, the cache path and the flag).
+      ChecksumError: the digest does not match; the download was discarded.
+    """
+    spec = _spec(name)
+    folder = cache_dir()
+    dest = folder / spec.filename
+    if dest.is_file() and not force:
+        return dest
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temp(folder, spec.filename, ".part")
+    except OSError as err:
+        raise DownloadError(
+            f"cannot create the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
+            f"writable folder or pass {spec.flag} PATH"
+        ) from None
+    expected = (spec.sha256 or spec.sha256_prefix or hash_prefix_from_url(spec.url)
+                or _recorded_hash(dest))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            digest = _stream(spec, out, progress, opener)
+        if expected is not None and not digest.startswith(expected.lower()):
+            n = min(len(expected), 16)
+            raise ChecksumError(
+                f"checksum mismatch for {spec.filename} from {spec.url}: expected sha256 "
+                f"{expected[:n]}..., got {digest[:n]}...; the download was "
+                f"discarded and any cached copy kept; retry, or download it by hand and pass {spec.flag} PATH"
+            )
+        os.replace(tmp, dest)
+        if expected is None:
+            # Trust on first use: no published digest, so later downloads must match this one.
+            _record_path(dest).write_text(f"{digest}  {dest.name}\n", encoding="ascii")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def resolve_weights(name: str | WeightsSpec, path: str | os.PathLike | None = None, *,
+                    progress: Progress | None = None,
+                    opener: Callable[..., BinaryIO] = urllib.request.urlopen) -> Params:
+    """Params for a registry entry: an explicit file, else the cached npz, else download and convert.
+
+    An explicit ``path`` never touches the network. A download is converted once to
+    :func:`converted_path` (for VGG-19 only the convs, ~80 MB instead of 548 MB) and then deleted.
+
+    Args:
+      name: a key of :data:`WEIGHTS` (``"vgg19"``, ``"adain_vgg"``, ``"adain_decoder"``) or a spec.
+      path: a ``.pth`` or ``.npz`` file given by the user (``--weights``, ``--vgg``, ``--decoder``).
+      progress: download progress callback, see :func:`fetch`.
+      opener: URL opener, see :func:`fetch`.
+
+    Raises:
+      WeightsError: the explicit file is missing or wrong; DownloadError / ChecksumError when a
+        needed download fails.
+    """
+    spec = _spec(name)
+    if path is not None:
+        return load(path, spec.kind, flag=spec.flag)
+    npz = converted_path(spec)
+    if npz.is_file():
+        try:
+            return load(npz, spec.kind, flag=spec.flag)
+        except WeightsError as err:
+            raise WeightsError(f"{err}; delete the cached file {npz} to download it again") from None
+    pth = fetch(spec, progress=progress, opener=opener)
+    try:
+        params = load(pth, spec.kind, flag=spec.flag)
+    except WeightsError as err:
+        raise WeightsError(f"{err}; delete the cached file {pth} to download it again") from None
+    save_params(params, npz, kind=spec.kind)
+    pth.unlink()
+    return params

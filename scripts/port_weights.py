@@ -1,0 +1,93 @@
+"""Converts a PyTorch ``.pth`` checkpoint into this project's ``.npz`` params format.
+
+Usage::
+
+    python scripts/port_weights.py --kind vgg19 vgg19-dcbb9e9d.pth
+    python scripts/port_weights.py --kind adain_vgg vgg_normalised.pth --output checkpoints/adain_vgg.npz
+    python scripts/port_weights.py --kind adain_decoder decoder.pth
+
+The ``.pth`` is read without torch and without running its pickle (see ``nst_jax/_pth.py``). If the
+file name carries a ``-<hex>`` hash prefix (torchvision's convention) the file is checked against it.
+The output (default ``checkpoints/<name>.npz``) is written atomically and never overwritten
+without ``--force``; its SHA-256 is printed as a line for ``checkpoints/SHA256SUMS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from nst_jax import weights  # noqa: E402
+from nst_jax.errors import ChecksumError, NSTError, OutputPathError  # noqa: E402
+
+
+def sha256_of(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="port_weights.py", description="Convert a PyTorch .pth checkpoint to nst_jax .npz params."
+    )
+    parser.add_argument("source", type=Path, metavar="SRC.pth", help="checkpoint written by torch.save")
+    parser.add_argument("--kind", required=True, choices=weights.KINDS,
+                        help="network in the file: torchvision VGG-19, AdaIN vgg_normalised, AdaIN decoder")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="destination .npz (default: checkpoints/<source name>.npz)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    return parser
+
+
+def port(source: Path, kind: str, output: Path, force: bool) -> str:
+    """Converts ``source`` to ``output``; returns the output's SHA-256."""
+    if output.suffix.lower() != ".npz":
+        raise OutputPathError(f"--output {output} must end in .npz (the format the loaders recognise)")
+    if output.exists() and not force:
+        raise OutputPathError(f"output {output} already exists; pass --force to overwrite it")
+    if source.is_file():
+        expected = weights.hash_prefix_from_url(source.name)
+        if expected is not None:
+            actual = sha256_of(source)
+            if not actual.startswith(expected):
+                raise ChecksumError(
+                    f"{source} does not match the hash prefix in its name: expected sha256 {expected}..., "
+                    f"got {actual[:len(expected)]}...; download it again"
+                )
+    params = weights.load(source, kind)
+    weights.save_params(params, output, kind=kind)
+    return sha256_of(output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for any user error, with a one-line message)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse has printed usage and the error already
+        return int(exit_.code or 0)
+    output = args.output or ROOT / "checkpoints" / f"{args.source.stem}.npz"
+    try:
+        digest = port(args.source, args.kind, output, args.force)
+    except NSTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    size_mb = output.stat().st_size / 1e6
+    print(f"wrote {output} ({size_mb:.1f} MB)")
+    print("line for checkpoints/SHA256SUMS:")
+    print(f"{digest}  {output.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,307 @@
+"""The .pth reader never runs pickled code and turns every malformed file into a WeightsError.
+
+Fixtures come from scripts/make_weight_fixtures.py (real torch.save output and malicious pickles
+whose payloads that script verified to fire under pickle / torch.load).
+"""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import pickle
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nst_jax import _pth, weights
+from nst_jax.errors import UnsafePickleError, WeightsError
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "weights"
+MARKER = "nst_jax_pwned_marker"
+
+EVIL = {
+    "evil_os_system.pkl": "posix.system",
+    "evil_exec.pkl": "builtins.exec",
+    "evil_exec_legacy.pth": "exec",
+    "evil_exec_zip.pth": "exec",
+    "evil_torch_os_system.pth": "torch.os.system",
+    "evil_torch_serialization.pth": "torch.serialization.os.system",
+}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Runs the test inside tmp_path, where a fired payload would create the marker."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _restricted(data: bytes, **kwargs):
+    return _pth.RestrictedUnpickler(io.BytesIO(data), **kwargs).load()
+
+
+# --- malicious files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EVIL))
+def test_malicious_checkpoint_is_refused_and_nothing_runs(name, in_tmp):
+    with pytest.raises(UnsafePickleError, match="nothing was executed") as err:
+        _pth.read_state_dict(FIXTURES / name)
+    assert EVIL[name] in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not (in_tmp / MARKER).exists()
+
+
+@pytest.mark.parametrize("loader", [weights.load_vgg19, weights.load_adain_vgg, weights.load_adain_decoder])
+def test_loaders_refuse_malicious_zip(loader, in_tmp):
+    with pytest.raises(UnsafePickleError):
+        loader(FIXTURES / "evil_exec_zip.pth")
+    assert not (in_tmp / MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["evil_exec.pkl", "evil_os_system.pkl"])
+def test_payload_is_live_under_plain_pickle(name, tmp_path):
+    # The same bytes do run code under the standard unpickler, so the refusal above is meaningful.
+    code = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))"
+    subprocess.run([sys.executable, "-c", code, str(FIXTURES / name)], cwd=tmp_path,
+                   capture_output=True, check=False, timeout=60)
+    assert (tmp_path / MARKER).exists()
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"\x80\x02ctorch\nload\nX\x01\x00\x00\x00x\x85R.", "torch.load"),
+        (b"\x80\x02ctorch._utils\n_rebuild_device_tensor_from_numpy\n.", "_rebuild_device_tensor"),
+        (b"\x80\x02ctorch.serialization\nload\n.", "torch.serialization.load"),
+        (b"cos\nsystem\n(S'echo pwned'\ntR.", "os.system"),  # protocol 0
+        (b"\x80\x04\x8c\x08builtins\x8c\x04eval\x93.", "builtins.eval"),
+        (b"\x80\x02csubprocess\nPopen\n.", "subprocess.Popen"),
+        (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\n.", "numpy"),
+    ],
+)
+def test_unlisted_globals_are_refused(data, needle):
+    with pytest.raises(UnsafePickleError, match="nothing was executed") as err:
+        _restricted(data)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (b"\x80\x02ccollections\nOrderedDict\n)\x81.", "NEWOBJ"),
+        (b"(ibuiltins\nlist\n.", "INST"),
+        (b"(ccollections\nOrderedDict\no.", "OBJ"),
+        (b"\x80\x02\x82\x01.", "EXT1"),
+        (b"\x80\x04ccollections\nOrderedDict\n)}\x92.", "NEWOBJ_EX"),
+        # REDUCE on something that is allowlisted but not a function
+        (b"\x80\x02ctorch\nFloatStorage\n)R.", "StorageType"),
+        (b"\x80\x02X\x04\x00\x00\x00evil)R.", "str"),
+        # BUILD may only fill a dict (the state dict's _metadata), never set attributes elsewhere
+        (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}b.", "BUILD"),
+        # container opcodes applied to something other than the container they expect
+        (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nK\x01K\x02s.", "SETITEM"),
+        (b"\x80\x02)K\x01a.", "APPEND"),
+    ],
+)
+def test_object_building_opcodes_are_refused(data, needle):
+    with pytest.raises(UnsafePickleError) as err:
+        _restricted(data)
+    assert needle in str(err.value)
+
+
+def test_rebuild_from_type_calls_only_allowlisted_functions():
+    # _rebuild_from_type_v2(func, type, args, state) with func = OrderedDict is fine; with a storage
+    # type object it must be refused rather than called.
+    ok = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ccollections\nOrderedDict\nctorch\nTensor\n)NtR."
+    assert _restricted(ok) == {}
+    bad = b"\x80\x02ctorch._tensor\n_rebuild_from_type_v2\n(ctorch\nFloatStorage\nctorch\nTensor\n)NtR."
+    with pytest.raises(UnsafePickleError):
+        _restricted(bad)
+
+
+def test_rebuild_tensor_v3_reinterprets_an_untyped_storage():
+    # _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, hooks, dtype): an 8-byte
+    # UntypedStorage read as two float32 elements.
+    blob = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v3\n("
+            b"(X\x07\x00\x00\x00storagectorch\nUntypedStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x08tQ"
+            b"K\x01K\x01\x85K\x01\x85\x89ccollections\nOrderedDict\n)Rctorch\nfloat32\ntR.")
+    ref = _restricted(blob, persistent_load=_storage_pid)
+    assert ref.storage.type.name == "FloatStorage" and ref.storage.numel == 2
+    assert (ref.offset, ref.shape, ref.stride) == (1, (1,), (1,))
+
+
+# --- agreement with the standard library on benign data -------------------------------------------
+
+_scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20)
+
+
+def _data(extra):
+    return st.recursive(
+        _scalars | extra,
+        lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=8) | st.integers(-5, 5), inner, max_size=4),
+        max_leaves=12,
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
+def test_plain_data_round_trips_like_pickle(data, protocol):
+    # bytes need codecs.encode below protocol 3 and sets need builtins.set below 4 (both refused).
+    extra = st.nothing()
+    if protocol >= 3:
+        extra = extra | st.binary(max_size=20)
+    if protocol >= 5:
+        extra = extra | st.binary(max_size=5).map(bytearray)
+    value = data.draw(_data(extra))
+    if protocol >= 4:
+        value = [value, data.draw(st.frozensets(st.integers(0, 9), max_size=3)),
+                 data.draw(st.sets(st.text(max_size=3), max_size=3))]
+    blob = pickle.dumps(value, protocol=protocol)
+    assert _restricted(blob) == pickle.loads(blob)
+
+
+def _data_pkl(path: pathlib.Path) -> bytes:
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+
+
+def _storage_pid(pid):
+    return _pth.StorageRef(pid[2], pid[1], pid[4])
+
+
+def test_every_truncation_of_a_real_pickle_is_a_weights_error():
+    blob = _data_pkl(FIXTURES / "dtypes.pth")
+    for n in range(len(blob)):
+        with pytest.raises(WeightsError):
+            _restricted(blob[:n], persistent_load=_storage_pid)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_corrupted_pickles_raise_only_weights_errors(data):
+    blob = bytearray(_data_pkl(FIXTURES / "dtypes.pth"))
+    for _ in range(data.draw(st.integers(1, 4))):
+        blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        _restricted(bytes(blob), persistent_load=_storage_pid)
+    except WeightsError:
+        pass
+
+
+# --- container formats ----------------------------------------------------------------------------
+
+
+def _rezip(src: pathlib.Path, dst: pathlib.Path, replace: dict[str, bytes]) -> pathlib.Path:
+    """Copies a torch zip, replacing records whose name ends with a key of ``replace``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = next((v for k, v in replace.items() if info.filename.endswith(k)), None)
+            zout.writestr(info, zin.read(info) if data is None else data)
+    return dst
+
+
+def test_state_dict_wrapped_in_a_checkpoint_dict(tmp_path):
+    # {"state_dict": <the original OrderedDict>}, as training scripts often save.
+    body = _data_pkl(FIXTURES / "dtypes.pth")
+    assert body[:2] == b"\x80\x02" and body[-1:] == b"."
+    wrapped = b"\x80\x02}X\x0a\x00\x00\x00state_dict" + body[2:-1] + b"s."
+    path = _rezip(FIXTURES / "dtypes.pth", tmp_path / "wrapped.pth", {"/data.pkl": wrapped})
+    direct = _pth.read_state_dict(FIXTURES / "dtypes.pth")
+    got = _pth.read_state_dict(path)
+    assert got.keys() == direct.keys()
+    for k in direct:
+        np.testing.assert_array_equal(got[k], direct[k])
+
+
+def test_non_dict_pickle_is_not_a_state_dict(tmp_path):
+    path = _rezip(FIXTURES / "dtypes.pth", tmp_path / "list.pth", {"/data.pkl": pickle.dumps([1, 2], protocol=2)})
+    with pytest.raises(WeightsError, match="holds a list, not a state dict"):
+        _pth.read_state_dict(path)
+
+
+def test_missing_storage_record_is_reported(tmp_path):
+    src = FIXTURES / "dtypes.pth"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "x.pth", "w") as zout:
+        for info in zin.infolist():
+            if not info.filename.endswith("/data/0"):
+                zout.writestr(info, zin.read(info))
+    with pytest.raises(WeightsError, match="missing"):
+        _pth.read_state_dict(tmp_path / "x.pth")
+
+
+def test_short_storage_record_is_reported(tmp_path):
+    path = _rezip(FIXTURES / "dtypes.pth", tmp_path / "short.pth", {"/data/0": b"\x00\x00"})
+    with pytest.raises(WeightsError, match="bytes, expected"):
+        _pth.read_state_dict(path)
+
+
+@pytest.mark.parametrize("name", ["vgg19_narrow.pth", "vgg19_narrow_legacy.pth", "dtypes.pth", "dtypes_legacy.pth"])
+@pytest.mark.parametrize("fraction", [0.0, 0.01, 0.3, 0.6, 0.97])
+def test_truncated_files_raise_weights_error(name, fraction, tmp_path):
+    data = (FIXTURES / name).read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(WeightsError) as err:
+        _pth.read_state_dict(path)
+    assert "\n" not in str(err.value)
+
+
+def test_legacy_bad_magic(tmp_path):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(pickle.dumps(12345, protocol=2) + pickle.dumps(1001, protocol=2))
+    with pytest.raises(WeightsError, match="bad magic number"):
+        _pth.read_state_dict(path)
+
+
+def test_tar_checkpoint_is_not_supported(tmp_path):
+    path = tmp_path / "old.pth"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("pickle")
+        payload = pickle.dumps({}, protocol=2)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(WeightsError, match="tar checkpoint"):
+        _pth.read_state_dict(path)
+
+
+@pytest.mark.parametrize("content, needle", [(b"", "empty"), (b"hello world\n" * 10, "not a PyTorch checkpoint")])
+def test_not_a_checkpoint(content, needle, tmp_path):
+    path = tmp_path / "x.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError, match=needle):
+        _pth.read_state_dict(path)
+
+
+def test_zip_without_data_pkl(tmp_path):
+    path = tmp_path / "x.pth"
+    with open(path, "wb") as f:
+        np.savez(f, a=np.zeros(2))
+    with pytest.raises(WeightsError, match="no data.pkl"):
+        _pth.read_state_dict(path)
+
+
+def test_directory_and_missing_file(tmp_path):
+    with pytest.raises(WeightsError, match="is a directory"):
+        _pth.read_state_dict(tmp_path)
+    with pytest.raises(WeightsError, match="not found"):
+        _pth.read_state_dict(tmp_path / "nope.pth")
+
+
+def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
+    # Enlarge the recorded shape of "f32" (2x3 over a 6-element storage) to 3x3 in the pickle.
+    blob = _data_pkl(FIXTURES / "dtypes.pth")
+    key = b"X\x03\x00\x00\x00f32"
+    start = blob.index(key)
+    shape = blob.index(b"K\x02K\x03", start)
+    patched = blob[:shape] + b"K\x03K\x03" + blob[shape + 4:]
+    path = _rezip(FIXTURES / "dtypes.pth", tmp_path / "past.pth", {"/data.pkl": patched})
+    with pytest.raises(WeightsError, match="needs 9 elements of a storage of 6"):
+        _pth.read_state_dict(path)
