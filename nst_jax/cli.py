@@ -37,6 +37,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     """Calls ``main(argv)``, mapping user errors to ``error: ...`` on stderr and exit code 2."""
     try:
         return main(argv)
+    except SystemExit as exit_:  # argparse: --help (0) or a usage error (2); keep main() returning
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     except NSTError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

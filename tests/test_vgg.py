@@ -1,0 +1,75 @@
+"""VGG-19 features against PyTorch golden outputs (torchvision module layout, narrow widths)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nst_jax import vgg
+from nst_jax.errors import ConfigError
+
+
+def test_layer_table_matches_torchvision_indices():
+    # torchvision vgg19().features: conv4_2 is module 21, conv5_1 is 28, pool5 is 36.
+    assert len(vgg.LAYERS) == 37
+    assert vgg.LAYERS.index("conv1_1") == 0
+    assert vgg.LAYERS.index("conv4_2") == 21
+    assert vgg.LAYERS.index("conv5_1") == 28
+    assert vgg.LAYERS.index("pool5") == 36
+    assert len(vgg.CONV_LAYERS) == 16
+
+
+def test_every_layer_matches_pytorch(narrow_vgg19, gatys_reference):
+    image = jnp.asarray(gatys_reference["image"])
+    out = vgg.features(narrow_vgg19, image, vgg.LAYERS)
+    for name in vgg.LAYERS:
+        ref = gatys_reference[f"max/{name}"]
+        assert out[name].shape == ref.shape, name
+        np.testing.assert_allclose(out[name], ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+
+
+def test_average_pooling_matches_pytorch(narrow_vgg19, gatys_reference):
+    image = jnp.asarray(gatys_reference["image"])
+    out = vgg.features(narrow_vgg19, image, ("pool1", "relu3_1", "pool5"), pooling="avg")
+    for name, value in out.items():
+        ref = gatys_reference[f"avg/{name}"]
+        np.testing.assert_allclose(value, ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max(), err_msg=name)
+
+
+def test_only_requested_layers_returned_and_remat_equal(narrow_vgg19, gatys_reference):
+    image = jnp.asarray(gatys_reference["image"])
+    plain = vgg.features(narrow_vgg19, image, ("relu1_1", "relu3_1"))
+    remat = vgg.features(narrow_vgg19, image, ("relu1_1", "relu3_1"), remat=True)
+    assert set(plain) == {"relu1_1", "relu3_1"}
+    for name in plain:
+        np.testing.assert_allclose(plain[name], remat[name], rtol=1e-6)
+    g1 = jax.grad(lambda x: jnp.sum(vgg.features(narrow_vgg19, x, ("relu3_1",))["relu3_1"] ** 2))(image)
+    g2 = jax.grad(lambda x: jnp.sum(vgg.features(narrow_vgg19, x, ("relu3_1",), remat=True)["relu3_1"] ** 2))(image)
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_features_close_to_float32(narrow_vgg19, gatys_reference):
+    image = jnp.asarray(gatys_reference["image"])
+    f32 = vgg.features(narrow_vgg19, image, ("relu2_1",))["relu2_1"]
+    bf16 = vgg.features(narrow_vgg19, image, ("relu2_1",), dtype=jnp.bfloat16)["relu2_1"]
+    assert bf16.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(bf16 - f32) / jnp.linalg.norm(f32))
+    assert 0 < rel < 3e-2
+
+
+def test_channel_counts_come_from_params():
+    params = vgg.init_params(jax.random.key(0), {1: 3, 2: 5, 3: 6, 4: 7, 5: 9})
+    out = vgg.features(params, jnp.zeros((2, 32, 40, 3)), ("relu1_1", "relu5_1"))
+    assert out["relu1_1"].shape == (2, 32, 40, 3)
+    assert out["relu5_1"].shape == (2, 2, 2, 9)
+
+
+def test_unknown_layer_suggests_closest():
+    params = vgg.init_params(jax.random.key(0), {1: 2, 2: 2, 3: 2, 4: 2, 5: 2})
+    with pytest.raises(ConfigError, match='did you mean "relu4_2"'):
+        vgg.features(params, jnp.zeros((1, 32, 32, 3)), ("relu4_20",))
+
+
+def test_min_image_size():
+    assert vgg.min_image_size(("relu1_1",)) == 2
+    assert vgg.min_image_size(("relu4_2", "relu5_1")) == 32
