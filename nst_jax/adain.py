@@ -27,6 +27,7 @@ covariances rather than ``coral``'s correlation matrices.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import sys
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from nst_jax import image as image_io
 from nst_jax.errors import (
     ConfigError,
     InputImageError,
+    MemoryBudgetError,
     NSTError,
     OutputPathError,
     WeightsError,
@@ -443,6 +445,8 @@ class AdainConfig:
         to the content's height and width, as the report does at test time (Sec. VI-C).
       preserve_color: recolour styles to the content's colours (official ``-preserveColor``).
       color_transform: the linear colour transfer used for that, one of ``color.COLOR_TRANSFORMS``.
+      max_memory: memory budget in GiB for the size check (:func:`check_memory`); None: the
+        device's memory.
     """
 
     alpha: float = 1.0
@@ -450,6 +454,7 @@ class AdainConfig:
     style_size: int | None = None
     preserve_color: bool = False
     color_transform: str = "eig"
+    max_memory: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:  # also rejects NaN
@@ -461,6 +466,8 @@ class AdainConfig:
             raise ConfigError(f"--style-size must be >= 0 (0 keeps the original size), "
                               f"got {self.style_size}")
         check_choice("colour transform", self.color_transform, color.COLOR_TRANSFORMS, "--color-transform")
+        if self.max_memory is not None and not (math.isfinite(self.max_memory) and self.max_memory > 0):
+            raise ConfigError(f"--max-memory must be a finite number of GiB > 0, got {self.max_memory}")
 
 
 def build_parser() -> cli.ArgumentParser:
@@ -498,6 +505,9 @@ def build_parser() -> cli.ArgumentParser:
     p.add_argument("--vgg", help="vgg_normalised encoder .pth (default: cached or downloaded)")
     p.add_argument("--decoder",
                    help="decoder .pth or .npz saved by nst_jax (default: cached or downloaded)")
+    p.add_argument("--max-memory", type=cli.positive(float, "--max-memory"), default=d.max_memory,
+                   help="memory budget in GiB: larger jobs are refused before they start (default: "
+                        "the device's memory)")
     return p
 
 
@@ -697,6 +707,108 @@ def run(config: AdainConfig, jobs: Sequence[Job], grid_dir: pathlib.Path | None,
     return written
 
 
+def _encoder_floats(vgg_params: Params, height: int, width: int) -> int:
+    """Floats in the input and every conv / pool output of the encoder, up to relu4_1."""
+    h, w, c = height, width, 3
+    total = 2 * h * w * c  # the image and its 1x1 "preprocess" conv
+    for name in vgg.ADAIN_VGG.layers:
+        if name.startswith("conv"):
+            c = int(np.shape(vgg_params[name]["kernel"])[-1])
+        elif name.startswith("pool"):
+            h, w = -(-h // 2), -(-w // 2)  # ceil-mode pooling
+        else:
+            continue  # a ReLU is fused into its conv
+        total += h * w * c
+    return total
+
+
+def _decoder_floats(decoder_params: Params, height: int, width: int) -> int:
+    """Floats in every conv and up-sampling output of the decoder producing a height x width image."""
+    h, w = -(-height // 8), -(-width // 8)
+    total = 0
+    for name in DECODER_LAYERS:
+        c = int(np.shape(decoder_params[name]["kernel"])[-1])
+        total += h * w * c
+        if name in _UPSAMPLE_AFTER:
+            h, w = 2 * h, 2 * w
+            total += h * w * c
+    return total
+
+
+def estimate_memory_bytes(content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]],
+                          vgg_params: Params, decoder_params: Params) -> int:
+    """Rough peak memory of one :func:`stylize` call for one content and its style images.
+
+    Counts every activation of the encoder (content and each style) and of the decoder at 4 bytes
+    as if all were alive at once. XLA frees most of them early (on CPU the compiled program needs
+    about half of this), so the estimate errs on the safe side; it exists to refuse a job clearly
+    instead of crashing out of memory.
+
+    Args:
+      content_hw: (height, width) of the content as it enters the network.
+      style_hws: (height, width) of each style image as it enters the network.
+      vgg_params, decoder_params: the networks (channel counts come from them).
+    """
+    floats = _encoder_floats(vgg_params, *content_hw) + _decoder_floats(decoder_params, *content_hw)
+    floats += sum(_encoder_floats(vgg_params, h, w) for h, w in style_hws)
+    return 4 * floats
+
+
+def _target_hw(hw: tuple[int, int], short_side: int) -> tuple[int, int]:
+    # The size image_io.resize(short_side=...) gives, computed without resizing anything.
+    h, w = hw
+    if short_side == 0:
+        return h, w
+    if h <= w:
+        return image_io.size_for_height(h, w, short_side)
+    return tuple(reversed(image_io.size_for_height(w, h, short_side)))  # type: ignore[return-value]
+
+
+def check_memory(config: AdainConfig, jobs: Sequence[Job], vgg_params: Params, decoder_params: Params,
+                 budget_bytes: int) -> None:
+    """Refuses, before any stylization, a job whose memory estimate exceeds the budget.
+
+    Reads the image sizes with :func:`nst_jax.image.image_size` (headers, not pixels, for most
+    formats), so missing and non-image inputs are reported here too, before any work.
+
+    Raises:
+      MemoryBudgetError: the largest job needs more than ``budget_bytes``
+        (:func:`estimate_memory_bytes`).
+      InputImageError: an input is missing or not an image.
+    """
+    headers: dict[pathlib.Path, tuple[int, int]] = {}
+
+    def size_of(path: pathlib.Path, what: str) -> tuple[int, int]:
+        if path not in headers:
+            headers[path] = image_io.image_size(path, what)
+        return headers[path]
+
+    worst = (0, None, (0, 0))
+    for job in jobs:
+        content_hw = _target_hw(size_of(job.content, "content image"), config.size)
+        style_hws = []
+        for s in job.styles:
+            hw = size_of(s, "style image")
+            # Without --style-size the style is resized to the content (run() does the same).
+            style_hws.append(content_hw if config.style_size is None else _target_hw(hw, config.style_size))
+        need = estimate_memory_bytes(content_hw, style_hws, vgg_params, decoder_params)
+        worst = max(worst, (need, job.content, content_hw), key=lambda t: t[0])
+    need, path, (h, w) = worst
+    if need > budget_bytes:
+        raise MemoryBudgetError(
+            f"stylizing {path.name} at {w}x{h} px needs about {need / 2**30:.1f} GiB but "
+            f"{budget_bytes / 2**30:.1f} GiB are available; lower --size (and --style-size), or "
+            "raise --max-memory if you know better")
+
+
+def _memory_budget(config: AdainConfig) -> int:
+    if config.max_memory is not None:
+        return int(config.max_memory * 2**30)
+    from nst_jax.gatys import available_memory_bytes  # device memory, shared with the Gatys CLI
+
+    return available_memory_bytes()
+
+
 def _load_mask(path: str) -> np.ndarray:
     rgb = image_io.load_image(path, "mask image")
     return rgb.mean(axis=-1)  # gray; stylize takes >= 0.5 as foreground
@@ -716,7 +828,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     done: list[pathlib.Path] = []
     try:
         config = AdainConfig(alpha=args.alpha, size=args.size, style_size=args.style_size,
-                             preserve_color=args.preserve_color, color_transform=args.color_transform)
+                             preserve_color=args.preserve_color, color_transform=args.color_transform,
+                             max_memory=args.max_memory)
         contents = (_expand([args.content], "content image") if args.content
                     else [image_io.default_content_path()])
         styles = _expand(args.style, "style image") if args.style else [image_io.default_style_path()]
@@ -741,6 +854,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mask = _load_mask(args.mask)
         jobs, grid_dir = _plan(contents, styles, wts is not None or mask is not None, args.output)
         vgg_params, decoder_params = _load_weights(args.vgg, args.decoder)
+        check_memory(config, jobs, vgg_params, decoder_params, _memory_budget(config))
         run(config, jobs, grid_dir, vgg_params, decoder_params, interpolation_weights=wts, mask=mask,
             done=done)
     except NSTError as err:

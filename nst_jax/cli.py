@@ -3,20 +3,42 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
-from nst_jax.errors import ConfigError, NSTError
+from nst_jax.errors import ConfigError, NSTError, did_you_mean
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: <message>`` on stderr and exit code 2."""
+    """argparse with one-line errors: ``error: <message>`` on stderr and exit code 2.
+
+    Unknown choices and unknown options get a "did you mean" for the closest valid spelling, and
+    an unknown choice lists the valid ones.
+    """
 
     def error(self, message: str):  # noqa: D401 - argparse API
         self.exit(EXIT_USER_ERROR, f"error: {message}; see {self.prog} --help\n")
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        # argparse's own message lists the choices but never suggests one.
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            raise argparse.ArgumentError(
+                action, f'invalid choice "{value}"{did_you_mean(str(value), choices)}; '
+                        f"valid choices: {', '.join(choices)}")
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse API
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            options = [o for o in self._option_string_actions if o.startswith("--")]
+            hint = next((did_you_mean(a.partition("=")[0], options) for a in extras
+                         if a.startswith("--")), "")
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
 
 
 def comma_list(kind: Callable[[str], object], flag: str) -> Callable[[str], tuple]:
@@ -48,15 +70,22 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
 
 
 def positive(kind: Callable[[str], float | int], flag: str, allow_zero: bool = False):
-    """An argparse ``type`` for numbers > 0 (or >= 0)."""
+    """An argparse ``type`` for finite numbers > 0 (or >= 0).
+
+    NaN and infinity are refused here: they would pass a plain comparison (``inf > 0``) and only
+    fail much later, as a crash or a non-finite loss.
+    """
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} expects a number, got {text!r}") from None
-        if not (value >= 0 if allow_zero else value > 0) or value != value:
-            raise argparse.ArgumentTypeError(f"{flag} must be {'>= 0' if allow_zero else '> 0'}, got {text}")
+        bound = ">= 0" if allow_zero else "> 0"
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number {bound}, got {text}")
+        if not (value >= 0 if allow_zero else value > 0):
+            raise argparse.ArgumentTypeError(f"{flag} must be {bound}, got {text}")
         return value
 
     parse.__name__ = kind.__name__

@@ -26,6 +26,7 @@ Every failure a user can cause raises :class:`~nst_jax.errors.InputImageError` o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -56,6 +57,7 @@ __all__ = [
     "check_output_path",
     "default_content_path",
     "default_style_path",
+    "image_size",
     "list_images",
     "load_image",
     "max_pixels",
@@ -139,17 +141,48 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     """
     path = Path(path)
     _check_input_file(path, what)
+    with _reading(path, what), Image.open(path, formats=_READ_FORMATS) as im:
+        png16 = _png16_header(path) if im.format == "PNG" else None
+        if png16 is not None:
+            rgb = _load_png16(path.read_bytes(), im.info)
+        else:
+            im.load()  # decode everything now, so a truncated file fails here
+            rgb = _pil_to_rgb(ImageOps.exif_transpose(im))
+    return rgb
+
+
+def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
+    """Returns the upright ``(height, width)`` of an image file from its header, without decoding it.
+
+    EXIF orientations that turn the picture by 90 degrees swap the stored sides, as
+    :func:`load_image` does. Lets a caller check every input (and the memory a job will need)
+    before any expensive work.
+
+    Raises:
+      InputImageError: as :func:`load_image`, except that a truncated pixel stream may only be
+        found by decoding (a PNG is decoded here: its EXIF chunk may follow the pixels).
+    """
+    path = Path(path)
+    _check_input_file(path, what)
+    with _reading(path, what), Image.open(path, formats=_READ_FORMATS) as im:
+        width, height = im.size
+        if im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+            width, height = height, width
+    return height, width
+
+
+@contextlib.contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Maps everything Pillow (and this module's decoders) raise for a bad file to InputImageError."""
     try:
         with warnings.catch_warnings():
             # Between MAX_IMAGE_PIXELS and max_pixels() Pillow warns; big prints are welcome here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path, formats=_READ_FORMATS) as im:
-                png16 = _png16_header(path) if im.format == "PNG" else None
-                if png16 is not None:
-                    rgb = _load_png16(path.read_bytes(), im.info)
-                else:
-                    im.load()  # decode everything now, so a truncated file fails here
-                    rgb = _pil_to_rgb(ImageOps.exif_transpose(im))
+            # Pillow also warns when it skips damaged metadata (corrupt EXIF, TIFF tags past the
+            # end of the file). The pixels either decode, and are used, or fail below; a warning
+            # on top would only break the command line's one-line output.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+            yield
     except Image.DecompressionBombError as err:
         raise InputImageError(
             f"{what} is too large to load safely: {path} ({_pixels_of(err)}; the limit is "
@@ -173,7 +206,6 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
         raise InputImageError(
             f"{what} is truncated or corrupt: {path} ({_one_line(err)}); re-export or "
             "re-download it") from None
-    return rgb
 
 
 def _check_input_file(path: Path, what: str) -> None:
@@ -363,9 +395,14 @@ def _read_png16(data: bytes) -> tuple[np.ndarray, dict]:
     width, height, _, ctype, _, _, _ = ihdr
     channels = _PNG16_CHANNELS[ctype]
     bpp = 2 * channels
+    expected = height * (1 + width * bpp)
     stream = zlib.decompressobj()
-    raw = stream.decompress(b"".join(idat))
-    if not stream.eof or len(raw) != height * (1 + width * bpp):
+    # Inflate at most one byte more than the header allows: a small file must not be able to
+    # expand into gigabytes (a zip bomb in IDAT) before its size is checked.
+    raw = stream.decompress(b"".join(idat), expected + 1)
+    if len(raw) > expected:
+        raise _CorruptImage("PNG image data is longer than its header says")
+    if not stream.eof or len(raw) != expected:
         raise _CorruptImage("PNG image data is truncated")
     rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * bpp)
     kinds = rows[:, 0]

@@ -51,7 +51,7 @@ from nst_jax.errors import (
 
 __all__ = [
     "ADAIN_DECODER_INDEX", "ADAIN_DECODER_LAYERS", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
-    "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "converted_path", "fetch",
+    "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "check_writable", "converted_path", "fetch",
     "hash_prefix_from_url", "load", "load_adain_decoder", "load_adain_vgg", "load_params",
     "load_vgg19", "read_state_dict", "resolve_weights", "save_adain_decoder", "save_params",
 ]
@@ -433,18 +433,49 @@ def _create_temp(folder: Path, name: str, suffix: str) -> tuple[int, Path]:
             continue
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Writes via a temp file in the same folder and os.replace, so readers never see a partial file."""
+def _check_target(path: Path) -> None:
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; give a file name ending in .npz")
-    if not path.parent.is_dir():
+    if not path.parent.exists():
         raise OutputPathError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    if not path.parent.is_dir():
+        raise OutputPathError(f"cannot write {path}: {path.parent} is a file, not a folder; choose "
+                              "another output path")
+
+
+def _temp_in(path: Path) -> tuple[int, Path]:
     try:
-        fd, tmp = _create_temp(path.parent, path.name, ".tmp")
+        return _create_temp(path.parent, path.name, ".tmp")
     except OSError as err:
         raise OutputPathError(
-            f"cannot write in {path.parent}: {err.strerror}; choose a writable folder"
+            f"cannot write in {path.parent}: {err.strerror or err}; choose a writable folder"
         ) from None
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Checks, before a long job, that :func:`save_params` will be able to write ``path``.
+
+    Creates and removes a probe file next to ``path``: the only reliable test of write access
+    (permission bits say nothing about read-only mounts or ACLs).
+
+    Returns:
+      ``path`` as a Path (``~`` expanded).
+
+    Raises:
+      OutputPathError: ``path`` is a directory, or its folder is missing, a file or not writable.
+    """
+    path = Path(path).expanduser()
+    _check_target(path)
+    fd, tmp = _temp_in(path)
+    os.close(fd)
+    tmp.unlink(missing_ok=True)
+    return path
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Writes via a temp file in the same folder and os.replace, so readers never see a partial file."""
+    _check_target(path)
+    fd, tmp = _temp_in(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

@@ -14,7 +14,6 @@ without ``--force``; its SHA-256 is printed as a line for ``checkpoints/SHA256SU
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from nst_jax import weights  # noqa: E402
-from nst_jax.errors import ChecksumError, NSTError, OutputPathError  # noqa: E402
+from nst_jax import cli, weights  # noqa: E402
+from nst_jax.errors import ChecksumError, OutputPathError  # noqa: E402
 
 
 def sha256_of(path: Path) -> str:
@@ -36,8 +35,9 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> cli.ArgumentParser:
+    """The command line; usage errors are one ``error: ...`` line with exit status 2."""
+    parser = cli.ArgumentParser(
         prog="port_weights.py", description="Convert a PyTorch .pth checkpoint to nst_jax .npz params."
     )
     parser.add_argument("source", type=Path, metavar="SRC.pth", help="checkpoint written by torch.save")
@@ -50,11 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def port(source: Path, kind: str, output: Path, force: bool) -> str:
-    """Converts ``source`` to ``output``; returns the output's SHA-256."""
+    """Converts ``source`` to ``output``; returns the output's SHA-256.
+
+    Everything about the output is checked before the (possibly 548 MB) source is read.
+
+    Raises:
+      OutputPathError: the output is not an ``.npz``, exists (without ``force``), is a folder, or
+        its folder is missing or not writable.
+      ChecksumError: the source fails the hash prefix in its name.
+      WeightsError: the source is missing, unsafe, corrupt or another network.
+    """
+    if output.is_dir():
+        raise OutputPathError(f"--output {output} is a folder; give a file name such as "
+                              f"{output / (source.stem + '.npz')}")
     if output.suffix.lower() != ".npz":
         raise OutputPathError(f"--output {output} must end in .npz (the format the loaders recognise)")
     if output.exists() and not force:
         raise OutputPathError(f"output {output} already exists; pass --force to overwrite it")
+    weights.check_writable(output)
     if source.is_file():
         expected = weights.hash_prefix_from_url(source.name)
         if expected is not None:
@@ -69,24 +82,20 @@ def port(source: Path, kind: str, output: Path, force: bool) -> str:
     return sha256_of(output)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for any user error, with a one-line message)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse has printed usage and the error already
-        return int(exit_.code or 0)
+def _run(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     output = args.output or ROOT / "checkpoints" / f"{args.source.stem}.npz"
-    try:
-        digest = port(args.source, args.kind, output, args.force)
-    except NSTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+    digest = port(args.source, args.kind, output, args.force)
     size_mb = output.stat().st_size / 1e6
     print(f"wrote {output} ({size_mb:.1f} MB)")
     print("line for checkpoints/SHA256SUMS:")
     print(f"{digest}  {output.name}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for any user error, with a one-line message)."""
+    return cli.run_main(_run, argv)
 
 
 if __name__ == "__main__":
