@@ -209,6 +209,11 @@ class TfdsImageSource:
             why = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise ConfigError(f"cannot open TFDS dataset {spec!r}{where} ({why}); "
                               "prepare it in array_record format or fix --tfds-data-dir") from err
+        except ImportError as err:
+            # Builders whose prepared files are not array_record fall back to TensorFlow to read them.
+            raise ConfigError(f"TFDS dataset {spec!r} needs {err.name or 'TensorFlow'}, which is not installed; "
+                              "prepare it in array_record format (tfds build --file_format=array_record) "
+                              "so no TensorFlow is needed") from err
         features = list(self._source.dataset_info.features.keys())
         if image_key not in features:
             raise ConfigError(f"TFDS dataset {spec!r} has no feature {image_key!r}; pass --tfds-image-key "

@@ -96,6 +96,7 @@ from nst_jax.errors import (
     ConfigError,
     DeviceCountError,
     NonFiniteLossError,
+    OutputPathError,
     WeightsError,
     check_choice,
 )
@@ -720,6 +721,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
     Raises:
       ConfigError / DeviceCountError: invalid settings or a batch that does not split over devices.
       InputImageError: an image folder is missing or has no readable image.
+      OutputPathError: ``workdir`` is a file or cannot be created.
       NonFiniteLossError: the loss or gradients became NaN/inf; no checkpoint of a bad state is saved.
     """
     check_config(config)
@@ -727,8 +729,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         _initialize_distributed()
     mesh = make_mesh(devices)
     check_batch_split(config.batch_size, mesh.size, jax.process_count())
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    # Scan the image folders before compiling anything: a bad folder is refused in milliseconds.
+    content_source, skipped_content = make_source(config, "content")
+    style_source, skipped_style = make_source(config, "style")
+    workdir = _make_workdir(Path(workdir))
     is_main = jax.process_index() == 0
 
     if encoder_params is None:
@@ -741,8 +745,6 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
     step_fn = compiled_train_step(spec, config.loss_norm, mesh)
     state, abstract = create_state(jax.random.key(config.seed), widths, spec, mesh)
 
-    content_source, skipped_content = make_source(config, "content")
-    style_source, skipped_style = make_source(config, "style")
     manager = _checkpoint_manager(workdir, config)
     stream = None
     try:
@@ -810,6 +812,22 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
             stream.close()
         manager.wait_until_finished()
         manager.close()
+
+
+def _make_workdir(workdir: Path) -> Path:
+    """Creates ``workdir`` (and its parents) if missing.
+
+    Raises:
+      OutputPathError: the path is a file, or it cannot be created (e.g. it sits under a file).
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise OutputPathError(f"--workdir {workdir} is a file; pass a folder")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputPathError(f"cannot create --workdir {workdir} ({err.strerror or err}); "
+                              "choose another folder") from err
+    return workdir
 
 
 def _save(manager, step: int, state: TrainState, *, force: bool) -> None:
