@@ -24,11 +24,12 @@ can report progress, save intermediate images and stop cleanly on Ctrl-C.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -120,7 +121,11 @@ def loss_weights(
     style_layers: Sequence[float] | None = None,
     tv: float = 0.0,
 ) -> LossWeights:
-    """Builds :class:`LossWeights`; defaults are the report's alpha = 1e-2, beta = 1, omega = 1/5."""
+    """Builds :class:`LossWeights`; defaults are the report's alpha = 1e-2, beta = 1, omega = 1/5.
+
+    Concrete values are checked; traced ones (inside ``jax.vmap``, as in
+    ``jax.vmap(lambda a: loss_weights(config, content=a))(alphas)``) cannot be and are not.
+    """
     n = len(config.style_layers)
     if style_layers is None:
         style_layers = [1.0 / n] * n
@@ -129,12 +134,23 @@ def loss_weights(
             f"--style-layer-weights has {len(style_layers)} values for {n} style layers; give one per layer"
         )
     for name, v in (("--content-weight", content), ("--style-weight", style), ("--tv-weight", tv)):
-        if not (np.isfinite(v) and v >= 0):
+        if _concrete(v) and not (np.isfinite(v) and v >= 0):
             raise ConfigError(f"{name} must be a finite number >= 0, got {v}")
-    if any(not (np.isfinite(w) and w >= 0) for w in style_layers):
+    if _concrete(style_layers) and any(not (np.isfinite(w) and w >= 0) for w in style_layers):
         raise ConfigError(f"--style-layer-weights must be finite and >= 0, got {list(style_layers)}")
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     return LossWeights(f32(content), f32(style), f32(style_layers), f32(tv))
+
+
+def _concrete(value) -> bool:
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
+def stack_weights(weights: Sequence[LossWeights]) -> LossWeights:
+    """Stacks several :class:`LossWeights` into one batch (leading axis) for :func:`sweep`."""
+    if not weights:
+        raise ConfigError("stack_weights needs at least one LossWeights")
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *weights)
 
 
 class Targets(NamedTuple):
@@ -610,9 +626,11 @@ _PROGRAMS: dict[tuple[GatysConfig, int], _Program] = {}
 
 
 def _program(config: GatysConfig, chunk: int) -> _Program:
-    key = (dataclasses.replace(config, iterations=0), chunk)
+    # Neither the iteration count nor the colour mode (applied outside) is part of the program.
+    key = (dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr",
+                               color_transform="eig"), chunk)
     if key not in _PROGRAMS:
-        _PROGRAMS[key] = _build_program(config, chunk)
+        _PROGRAMS[key] = _build_program(key[0], chunk)
     return _PROGRAMS[key]
 
 
@@ -628,20 +646,34 @@ def run(
     blend_weights: Sequence[float] | None = None,
     chunk: int = 10,
     callback: Callable[[Progress, Callable[[], np.ndarray]], None] | None = None,
+    content_masks: Array | None = None,
+    style_masks: Sequence[Array | None] | None = None,
 ) -> RunResult:
     """Runs the optimization from the host in jitted chunks of ``chunk`` iterations.
 
-    Produces the same iterates as :func:`stylize`. After each chunk ``callback(progress,
-    get_image)`` is called (the CLI updates its progress bar and saves snapshots there). Ctrl-C
-    (KeyboardInterrupt) stops after the current chunk and returns the image so far with
-    ``interrupted=True``. A non-finite loss raises :class:`NonFiniteLossError` naming the window of
-    iterations, with the last finite image attached as ``err.image``.
+    Produces the same iterates as :func:`stylize`, colour control and spatial control
+    (``content_masks``, ``style_masks``: see :func:`compute_targets`) included. After each chunk
+    ``callback(progress, get_image)`` is called (the CLI updates its progress bar and saves snapshots
+    there). Ctrl-C (KeyboardInterrupt) stops after the current chunk and returns the image so far
+    with ``interrupted=True``. A non-finite loss raises :class:`NonFiniteLossError` naming the window
+    of iterations, with the last finite image attached as ``err.image``. Images handed out
+    (result, snapshots, ``err.image``) have the colour restored (:func:`finish_output`); the
+    losses and ``terms`` are those of the prepared images the optimizer saw.
     """
     if weights is None:
         weights = loss_weights(config)
     if key is None:
         key = jax.random.key(0)
-    targets = compute_targets(params, content, style, config, blend_weights)
+    original = content
+    content, style, init = prepare_inputs(content, style, config, init)
+
+    def finish(image: np.ndarray) -> np.ndarray:
+        if config.color == "none":
+            return np.clip(image, 0.0, 1.0)
+        return np.asarray(jax.device_get(finish_output(jnp.asarray(image)[None], original, config)))[0]
+
+    targets = compute_targets(params, content, style, config, blend_weights,
+                              content_masks=content_masks, style_masks=style_masks)
     x = initial_image(content, config, key, init)
     prog = _program(config, chunk)
     state = prog.init(x, params, targets, weights)
@@ -662,7 +694,7 @@ def run(
                     f"loss became non-finite between iteration {done} and {bad}; the image of iteration "
                     f"{done} was kept; lower --learning-rate or the loss weights, or use --optimizer lbfgs"
                 )
-                err.image = np.clip(last_good, 0.0, 1.0)
+                err.image = finish(last_good)
                 err.iteration = done
                 raise err
             done += n
@@ -670,13 +702,13 @@ def run(
             timings.append((n, dt))
             last_good = np.asarray(jax.device_get(x))[0]
             if callback is not None:
-                callback(Progress(done, float(values[-1]), dt), lambda img=last_good: np.clip(img, 0.0, 1.0))
+                callback(Progress(done, float(values[-1]), dt), lambda img=last_good: finish(img))
     except KeyboardInterrupt:
         interrupted = True
     image = last_good
     final_terms = prog.terms(jnp.asarray(image)[None], params, targets, weights)
     terms = {k: float(v) for k, v in jax.device_get(final_terms).items()}
-    return RunResult(np.clip(image, 0.0, 1.0), curve, terms, done, timings, interrupted)
+    return RunResult(finish(image), curve, terms, done, timings, interrupted)
 
 
 def seconds_per_iteration(chunk_seconds: Sequence[tuple[int, float]]) -> float | None:
@@ -689,12 +721,14 @@ def seconds_per_iteration(chunk_seconds: Sequence[tuple[int, float]]) -> float |
 # Memory estimate: refuse clearly instead of crashing out of memory.
 
 
-def estimate_memory_bytes(height: int, width: int, params: vgg.Params, config: GatysConfig) -> int:
+def estimate_memory_bytes(height: int, width: int, params: vgg.Params, config: GatysConfig, *,
+                          backward: bool = True) -> int:
     """Rough peak memory of one optimization at ``height x width``.
 
     Counts every activation up to the deepest layer used (kept for the backward pass), their
     gradients, the L-BFGS history of image-sized vectors and the line search's extra evaluations.
-    Calibrated to over- rather than under-estimate on the CPU backend.
+    Calibrated to over- rather than under-estimate on the CPU backend. With ``backward=False`` it
+    is a forward pass only (a style image's Gram matrices): every activation counted once.
     """
     deepest = max(vgg.LAYERS.index(n) for n in config.layers)
     h, w, c, total = height, width, 3, 0
@@ -705,7 +739,13 @@ def estimate_memory_bytes(height: int, width: int, params: vgg.Params, config: G
             h, w = max(h // 2, 1), max(w // 2, 1)
         total += h * w * c
     bytes_per = 2 if config.compute_dtype == "bfloat16" else 4
-    activations = total * bytes_per * (1.5 if config.remat else 3)
+    # On the CPU backend --remat barely lowers the peak: XLA's scheduler keeps most recomputed
+    # activations alive (scripts/memory_profile.py, full VGG-19 at 512x512: 1087 MiB of XLA
+    # temporaries with remat, 1023 MiB without; peak RSS grows by 1.5 GiB either way). So remat only
+    # gets a small discount here; accelerators may save more.
+    if not backward:
+        return int(total * bytes_per)
+    activations = total * bytes_per * (2.5 if config.remat else 3)
     history = (2 * config.history_size + 6) * height * width * 3 * 4
     return int(activations + history)
 
@@ -725,6 +765,15 @@ def available_memory_bytes() -> int:
 # Command line: python -m nst_jax.gatys
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None/False of options whose help already says what happens."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser():
     from nst_jax import cli
 
@@ -732,16 +781,18 @@ def _parser():
     p = cli.ArgumentParser(
         prog="python -m nst_jax.gatys",
         description="Gatys et al. (2016) neural style transfer: optimize an image so its VGG-19 features "
-        "match a content photo and its Gram matrices match a style painting. With no --content/--style "
-        "the built-in example images are used.",
-        formatter_class=lambda prog: __import__("argparse").ArgumentDefaultsHelpFormatter(prog, max_help_position=32),
+        "match a content photo and its Gram matrices match a style painting, with the perceptual "
+        "controls of Gatys et al. (2017): colour, space (per-region styles) and scale (coarse to fine). "
+        "With no --content/--style the built-in example images are used.",
+        formatter_class=lambda prog: _HelpFormatter(prog, max_help_position=32),
     )
     io = p.add_argument_group("images")
     io.add_argument("--content", help="content image (default: built-in photo)")
     io.add_argument("--style", nargs="+", help="style image(s) (default: built-in painting)")
     io.add_argument("--output", "-o", default="stylized.png", help="output image (.png, .jpg, .webp, .tif)")
-    io.add_argument("--size", type=cli.positive(int, "--size"), default=512,
-                    help="height of the output in pixels (aspect ratio kept); the style is resized to the same height")
+    io.add_argument("--size", type=cli.positive(int, "--size"),
+                    help="height of the output in pixels (aspect ratio kept); the style is resized to the "
+                    "same height (default 512)")
     io.add_argument("--style-scale", type=cli.positive(float, "--style-scale"), default=1.0,
                     help="style height relative to --size")
     io.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per channel of a PNG output")
@@ -766,8 +817,38 @@ def _parser():
                     help="one weight per --style image (default: equal)")
     lo.add_argument("--pooling", choices=vgg.POOLINGS, default=d.pooling, help="VGG pooling")
 
+    co = p.add_argument_group("colour control (Gatys et al. 2017)")
+    co.add_argument("--color", choices=colormod.COLOR_MODES, default=d.color,
+                    help="keep the content's colours: 'luminance' transfers style on the luminance only and "
+                    "keeps the content's chroma; 'histogram' recolours the style to the content's colour "
+                    "mean and covariance first; 'histogram-from-style' recolours the content to the style's")
+    co.add_argument("--color-space", choices=colormod.COLOR_SPACES, default=d.color_space,
+                    help="luminance/chroma split of --color luminance")
+    co.add_argument("--color-transform", choices=colormod.COLOR_TRANSFORMS, default=d.color_transform,
+                    help="linear map of the histogram modes: eigenvalue square roots (eig), Cholesky "
+                    "factors (chol) or the symmetric (optimal transport) solution (sym)")
+
+    sp = p.add_argument_group("spatial control (Gatys et al. 2017)")
+    sp.add_argument("--content-mask", nargs="+", metavar="PATH",
+                    help="where each --style goes on the output: ONE label image over the content (gray "
+                    "levels, white = first style ... black = last; for two styles a threshold at mid-gray; "
+                    "or colours with --mask-colors), or one grayscale mask per style (white = this style)")
+    sp.add_argument("--mask-colors", type=_hex_colors,
+                    help="comma-separated label colours (RRGGBB), one per style, for a colour-coded --content-mask")
+    sp.add_argument("--style-mask", nargs="+", metavar="PATH",
+                    help="one grayscale mask per --style image: only its white part defines that style")
+
+    sc = p.add_argument_group("scale: coarse to fine (Gatys et al. 2017)")
+    sc.add_argument("--sizes", type=cli.comma_list(int, "--sizes"),
+                    help="output heights of successive levels, e.g. 512,1024; each level starts from the "
+                    "previous result upsampled, with content and style resampled from the source files")
+    sc.add_argument("--multiscale", action="store_true",
+                    help="choose the levels from --size: halve it down to about 256 (1024 -> 256,512,1024)")
+
     op = p.add_argument_group("optimization")
-    op.add_argument("--iterations", type=cli.positive(int, "--iterations", True), default=d.iterations)
+    op.add_argument("--iterations", type=cli.comma_list(int, "--iterations"),
+                    help="iterations, one number for every level or one per --sizes level (default: 600 at "
+                    "the first level, 100 at later ones)")
     op.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
                     help="lbfgs = jaxopt L-BFGS with zoom line search, optax-lbfgs, or adam")
     op.add_argument("--learning-rate", type=cli.positive(float, "--learning-rate"),
@@ -786,38 +867,125 @@ def _parser():
     sy.add_argument("--weights", help="VGG-19 weights (.pth from torchvision or converted .npz); "
                     "default: download once and cache")
     sy.add_argument("--remat", action="store_true", help="recompute activations in the backward pass "
-                    "(less memory, ~30%% slower)")
+                    "(jax.checkpoint per VGG block): slower; saves little memory on the CPU backend, where "
+                    "XLA keeps most activations anyway")
     sy.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                     help="compute dtype of the VGG convolutions (Gram and losses stay float32)")
+    sy.add_argument("--tile-size", type=cli.positive(int, "--tile-size"),
+                    help="run VGG on tiles of this many pixels (a multiple of 16 for the default layers) so "
+                    "memory no longer grows with the image; the loss stays that of the whole image")
+    sy.add_argument("--tile-halo", type=cli.positive(int, "--tile-halo", True),
+                    help="context pixels around each tile (default: the receptive field, exact)")
     sy.add_argument("--max-memory", type=cli.positive(float, "--max-memory"),
                     help="memory budget in GiB for the size check (default: the device's memory)")
     sy.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def _load_inputs(args, config: GatysConfig):
+def _hex_colors(text: str) -> tuple[tuple[float, float, float], ...]:
+    """Parses ``"ff0000,00ff00"`` (``#`` optional) into RGB triples in [0, 1] (an argparse type)."""
+    colors = []
+    for item in (t.strip().lstrip("#") for t in text.split(",") if t.strip()):
+        if len(item) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in item):
+            raise argparse.ArgumentTypeError(f"--mask-colors expects RRGGBB hex colours like ff0000, got {item!r}")
+        colors.append(tuple(int(item[i:i + 2], 16) / 255.0 for i in (0, 2, 4)))
+    return tuple(colors)
+
+
+class _Plan(NamedTuple):
+    """The CLI's inputs at source resolution (each level resamples them)."""
+
+    content: np.ndarray  # (H0, W0, 3) source
+    styles: list[np.ndarray]  # (Hs, Ws, 3) sources
+    init: np.ndarray | None
+    content_masks: np.ndarray | None  # (K, H0, W0)
+    style_masks: list[np.ndarray] | None  # (Hs, Ws) per style
+
+
+def _levels(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    from nst_jax import multiscale
+
+    if args.sizes is not None and args.size is not None:
+        raise ConfigError("give either --size or --sizes, not both (the last of --sizes is the output height)")
+    if args.sizes is not None and args.multiscale:
+        raise ConfigError("--multiscale picks the levels from --size; drop it when giving --sizes")
+    size = 512 if args.size is None else args.size
+    if args.sizes is not None:
+        sizes = multiscale.check_sizes(args.sizes)
+    elif args.multiscale:
+        sizes = multiscale.auto_sizes(size)
+    else:
+        sizes = (size,)
+    return sizes, multiscale.level_iterations(len(sizes), args.iterations)
+
+
+def _level_shape(source: np.ndarray, height: int) -> tuple[int, int]:
+    from nst_jax import image as imageio
+
+    return imageio.size_for_height(source.shape[0], source.shape[1], height)
+
+
+def _check_aspect(mask: np.ndarray, image: np.ndarray, what: str) -> None:
+    (mh, mw), (h, w) = mask.shape[:2], image.shape[:2]
+    if abs(mw / mh - w / h) > 0.02 * (w / h):
+        raise InputImageError(f"{what} is {mw}x{mh} but its image is {w}x{h}; give a mask with the "
+                              "image's aspect ratio")
+
+
+def _load_inputs(args, config: GatysConfig, sizes: Sequence[int]) -> _Plan:
     from nst_jax import image as imageio
 
     content_path = args.content or imageio.default_content_path()
     style_paths = args.style or [imageio.default_style_path()]
     content = imageio.load_image(content_path, what="content image")
-    content = imageio.resize(content, height=args.size)
     min_side = vgg.min_image_size(config.layers)
     deepest = max(config.layers, key=vgg.LAYERS.index)
-    imageio.check_min_size(content, min_side, "content image", layer=deepest)
-    style_height = max(int(round(args.size * args.style_scale)), 1)
+    # The smallest level is the one that must fit the network.
+    flag = "--sizes" if len(sizes) > 1 else "--size"
+    h, w = _level_shape(content, sizes[0])
+    imageio.check_min_size(np.empty((h, w, 0)), min_side, "content image", layer=deepest, flag=flag)
     styles = []
     for path in style_paths:
-        style = imageio.resize(imageio.load_image(path, what="style image"), height=style_height)
-        imageio.check_min_size(style, min_side, "style image", layer=deepest, flag="--style-scale")
-        styles.append(style[None])
+        style = imageio.load_image(path, what="style image")
+        sh, sw = _level_shape(style, max(int(round(sizes[0] * args.style_scale)), 1))
+        imageio.check_min_size(np.empty((sh, sw, 0)), min_side, "style image", layer=deepest,
+                               flag="--style-scale")
+        styles.append(style)
     init = None
     if config.init == "image":
         if not args.init_image:
             raise ConfigError("--init image needs --init-image PATH")
         init = imageio.load_image(args.init_image, what="init image")
-        init = imageio.resize(init, height=content.shape[0], width=content.shape[1])[None]
-    return content[None], styles, init
+
+    content_masks = None
+    if args.mask_colors is not None and not args.content_mask:
+        raise ConfigError("--mask-colors needs --content-mask LABEL_IMAGE")
+    if args.content_mask:
+        images = [imageio.load_image(p, what="content mask") for p in args.content_mask]
+        for m in images:
+            _check_aspect(m, content, "the content mask")
+        if len(images) == 1:
+            masks = guides.regions_from_labels(images[0], len(styles), args.mask_colors)
+        elif len(images) == len(styles):
+            if args.mask_colors is not None:
+                raise ConfigError("--mask-colors reads ONE colour-coded --content-mask; drop it with one mask per style")
+            first = images[0].shape[:2]
+            masks = guides.masks_from_images([imageio.resize(m, *first) for m in images])
+        else:
+            raise ConfigError(f"--content-mask has {len(images)} images for {len(styles)} styles; give one "
+                              "label image or one mask per style")
+        content_masks = np.asarray(guides.resize_masks(masks, *content.shape[:2]))
+    style_masks = None
+    if args.style_mask:
+        if len(args.style_mask) != len(styles):
+            raise ConfigError(f"--style-mask has {len(args.style_mask)} masks for {len(styles)} style images; "
+                              "give one per style")
+        style_masks = []
+        for path, style in zip(args.style_mask, styles):
+            m = imageio.load_image(path, what="style mask")
+            _check_aspect(m, style, "a style mask")
+            style_masks.append(np.asarray(guides.masks_from_images([imageio.resize(m, *style.shape[:2])]))[0])
+    return _Plan(content, styles, init, content_masks, style_masks)
 
 
 def _snapshot_path(output, iteration: int):
@@ -827,63 +995,150 @@ def _snapshot_path(output, iteration: int):
     return out.with_name(f"{out.stem}_iter{iteration:05d}{out.suffix}")
 
 
+def _runner(args, config: GatysConfig):
+    """gatys.run, or tiling.run_tiled with the tile geometry bound when --tile-size is given."""
+    if args.tile_size is None:
+        if args.tile_halo is not None:
+            raise ConfigError("--tile-halo needs --tile-size")
+        return run
+    if args.content_mask or args.style_mask:
+        raise ConfigError("spatial control (--content-mask/--style-mask) does not work with --tile-size; "
+                          "drop one of them")
+    from nst_jax import tiling
+
+    # Check the geometry now, before any image work.
+    tiling.tile_grid((1, args.tile_size, args.tile_size, 3), config.layers, args.tile_size, args.tile_halo)
+    return functools.partial(tiling.run_tiled, tile_size=args.tile_size, halo=args.tile_halo)
+
+
+def _check_metrics_path(path) -> None:
+    """Refuses a --metrics-json path that cannot be written, before any long job starts."""
+    import os
+    from pathlib import Path
+
+    from nst_jax.errors import OutputPathError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"--metrics-json is a folder: {path}; give a file name such as {path / 'metrics.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputPathError(f"--metrics-json folder {what}: {parent}; create it or choose another --metrics-json")
+    if not os.access(parent, os.W_OK):
+        raise OutputPathError(f"--metrics-json folder is not writable: {parent}; fix its permissions or "
+                              "choose another --metrics-json")
+
+
+def _memory_needed(args, config: GatysConfig, height: int, width: int, params, backward: bool = True) -> int:
+    """Estimated bytes of optimizing (or, ``backward=False``, of one forward pass over) an image."""
+    if args.tile_size is None:
+        return estimate_memory_bytes(height, width, params, config, backward=backward)
+    from nst_jax import tiling
+
+    halo = tiling.receptive_halo(config.layers) if args.tile_halo is None else args.tile_halo
+    window = args.tile_size + 2 * halo
+    activations = estimate_memory_bytes(min(height, window), min(width, window), params, config,
+                                        backward=backward)
+    if not backward:
+        return activations
+    # The solver still holds whole-image vectors (image, gradient, L-BFGS history).
+    return activations + (2 * config.history_size + 6) * height * width * 3 * 4
+
+
+def _check_memory(args, config: GatysConfig, plan: _Plan, size: int, params) -> None:
+    """Refuses a job whose largest level (output or a style image) would not fit in memory."""
+    from nst_jax.errors import MemoryBudgetError
+
+    budget = int(args.max_memory * 2**30) if args.max_memory else available_memory_bytes()
+    height, width = _level_shape(plan.content, size)
+    need = _memory_needed(args, config, height, width, params)
+    if need > budget:
+        raise MemoryBudgetError(
+            f"a {width}x{height} image needs about {need / 2**30:.1f} GiB but "
+            f"{budget / 2**30:.1f} GiB are available; lower --size, add --remat, --tile-size or --dtype "
+            "bfloat16, or raise --max-memory if you know better"
+        )
+    # The style images only go forward, once, for their Gram matrices.
+    style_height = max(int(round(size * args.style_scale)), 1)
+    for style in plan.styles:
+        sh, sw = _level_shape(style, style_height)
+        need = _memory_needed(args, config, sh, sw, params, backward=False)
+        if need > budget:
+            raise MemoryBudgetError(
+                f"a {sw}x{sh} style image (--style-scale {args.style_scale:g}) needs about "
+                f"{need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB are available; lower --style-scale "
+                "or --size, or raise --max-memory if you know better"
+            )
+
+
 def _main(argv=None) -> int:
     import json
+    import os
     import sys
 
     from tqdm import tqdm
 
-    from nst_jax import cli, weights as weights_mod
+    from nst_jax import cli, multiscale, weights as weights_mod
     from nst_jax import image as imageio
 
     args = _parser().parse_args(argv)
+    sizes, level_its = _levels(args)
     config = GatysConfig(
-        content_layers=args.content_layers, style_layers=args.style_layers, iterations=args.iterations,
+        content_layers=args.content_layers, style_layers=args.style_layers, iterations=level_its[0],
         optimizer=args.optimizer, learning_rate=args.learning_rate, history_size=args.history_size,
         pooling=args.pooling, init=args.init, init_noise=args.init_noise, remat=args.remat,
-        compute_dtype=args.dtype,
+        compute_dtype=args.dtype, color=args.color, color_space=args.color_space,
+        color_transform=args.color_transform,
     )
     lw = loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights, args.tv_weight)
+    runner = _runner(args, config)
     imageio.check_output_path(args.output, bits=args.bits)
-    content, styles, init = _load_inputs(args, config)
-    if args.style_blend_weights is not None and len(args.style_blend_weights) != len(styles):
+    if args.metrics_json:
+        _check_metrics_path(args.metrics_json)
+    if not np.isfinite(args.style_scale):
+        raise ConfigError(f"--style-scale must be a finite number > 0, got {args.style_scale}")
+    plan = _load_inputs(args, config, sizes)
+    n_styles = len(plan.styles)
+    if args.style_blend_weights is not None and len(args.style_blend_weights) != n_styles:
         raise ConfigError(f"--style-blend-weights has {len(args.style_blend_weights)} values for "
-                          f"{len(styles)} style images; give one per style")
+                          f"{n_styles} style images; give one per style")
+    if args.style_blend_weights is not None and plan.content_masks is not None:
+        raise ConfigError("--style-blend-weights cannot be combined with --content-mask (each region "
+                          "takes one style); drop one of them")
     params = weights_mod.resolve_weights("vgg19", args.weights)
 
-    need = estimate_memory_bytes(content.shape[1], content.shape[2], params, config)
-    budget = int(args.max_memory * 2**30) if args.max_memory else available_memory_bytes()
-    if need > budget:
-        from nst_jax.errors import MemoryBudgetError
+    _check_memory(args, config, plan, sizes[-1], params)
 
-        raise MemoryBudgetError(
-            f"a {content.shape[2]}x{content.shape[1]} image needs about {need / 2**30:.1f} GiB but "
-            f"{budget / 2**30:.1f} GiB are available; lower --size, add --remat or --dtype bfloat16, "
-            "or raise --max-memory if you know better"
-        )
-
-    bar = tqdm(total=config.iterations, disable=args.no_progress, unit="it", dynamic_ncols=True,
+    total = sum(level_its)
+    offsets = [sum(level_its[:i]) for i in range(len(level_its))]
+    bar = tqdm(total=total, disable=args.no_progress, unit="it", dynamic_ncols=True,
                desc="stylizing", file=sys.stderr)
 
-    def callback(progress: Progress, get_image):
-        bar.update(progress.iteration - bar.n)
-        bar.set_postfix(loss=f"{progress.loss:.4g}")
-        if args.save_every and progress.iteration % args.save_every < args.chunk and \
-                progress.iteration < config.iterations:
-            step = progress.iteration - progress.iteration % args.save_every
+    def callback(level: int, progress: Progress, get_image):
+        done = offsets[level] + progress.iteration
+        bar.update(done - bar.n)
+        bar.set_postfix(loss=f"{progress.loss:.4g}", **({"size": sizes[level]} if len(sizes) > 1 else {}))
+        if args.save_every and progress.iteration % args.save_every < args.chunk and done < total:
+            step = done - done % args.save_every
             imageio.save_image(_snapshot_path(args.output, step), get_image(), bits=args.bits)
 
     try:
-        result = run(params, content, styles, config, lw, key=jax.random.key(args.seed), init=init,
-                     blend_weights=args.style_blend_weights, chunk=args.chunk, callback=callback)
+        ms = multiscale.run_multiscale(
+            params, plan.content, plan.styles, config, lw, sizes=sizes, iterations=level_its,
+            style_scale=args.style_scale, key=jax.random.key(args.seed), init=plan.init,
+            blend_weights=args.style_blend_weights, content_masks=plan.content_masks,
+            style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner)
     except NonFiniteLossError as err:
         bar.close()
         imageio.save_image(args.output, err.image, bits=args.bits)
         raise
     bar.close()
+    result = ms.result
     imageio.save_image(args.output, result.image, bits=args.bits)
     if args.metrics_json:
         metrics = {
+            # Top-level numbers describe the last level, whose image is the output.
             "losses": result.losses,
             "final_loss": result.terms["total"],
             "content_loss": result.terms["content"],
@@ -893,22 +1148,31 @@ def _main(argv=None) -> int:
             "compile_seconds": result.chunk_seconds[0][1] if result.chunk_seconds else None,
             "iterations": result.iterations,
             "interrupted": result.interrupted,
-            "config": {**dataclasses.asdict(config), "content_weight": args.content_weight,
+            "levels": [level.as_dict() for level in ms.levels],
+            "total_iterations": sum(level.iterations for level in ms.levels),
+            "total_seconds": sum(level.seconds for level in ms.levels),
+            "config": {**dataclasses.asdict(dataclasses.replace(config, iterations=level_its[-1])),
+                       "content_weight": args.content_weight,
                        "style_weight": args.style_weight, "tv_weight": args.tv_weight,
                        "style_layer_weights": [float(w) for w in lw.style_layers],
-                       "size": args.size, "seed": args.seed, "backend": jax.default_backend(),
+                       "size": sizes[-1], "sizes": list(sizes), "level_iterations": list(level_its),
+                       "seed": args.seed, "backend": jax.default_backend(),
+                       "tile_size": args.tile_size, "tile_halo": args.tile_halo,
                        "content": str(args.content or "built-in"),
-                       "style": [str(s) for s in (args.style or ["built-in"])]},
+                       "style": [str(s) for s in (args.style or ["built-in"])],
+                       "content_mask": [str(m) for m in (args.content_mask or [])],
+                       "style_mask": [str(m) for m in (args.style_mask or [])]},
         }
         tmp = f"{args.metrics_json}.tmp"
         with open(tmp, "w") as f:
             json.dump(metrics, f, indent=1)
-        __import__("os").replace(tmp, args.metrics_json)
+        os.replace(tmp, args.metrics_json)
     if result.interrupted:
-        print(f"interrupted at iteration {result.iterations}; saved {args.output}", file=sys.stderr)
+        print(f"interrupted at iteration {result.iterations} of the {sizes[len(ms.levels) - 1]}-pixel level; "
+              f"saved {args.output}", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
-    print(f"saved {args.output} (loss {result.terms['total']:.4g} after {result.iterations} iterations)",
-          file=sys.stderr)
+    print(f"saved {args.output} (loss {result.terms['total']:.4g} after {result.iterations} iterations"
+          f"{f' at {sizes[-1]} px, {len(sizes)} levels' if len(sizes) > 1 else ''})", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,169 @@
+"""Renders comparison grids like the figures of the report (§V-C) as PNG files.
+
+* ``color_controls.png`` (report Fig. 3): content, style, then no colour control, histogram matching,
+  luminance-only transfer and histogram matching from the style.
+* ``optimizers.png`` (report Figs. 4 and 6): L-BFGS against Adam at several learning rates, all at the
+  same number of iterations.
+* ``style_layers.png`` (report Fig. 5): the style loss on relu1_1 only, then relu1_1 and relu2_1, ...,
+  up to all five default style layers.
+* ``loss_curves.png``: the total loss per iteration of the optimizer runs (log scale).
+
+Usage::
+
+    python scripts/figures.py --weights vgg19.pth --size 256 --iterations 300 --output-dir figures
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
+
+from nst_jax import cli, color, gatys, plot, vgg, weights  # noqa: E402
+from nst_jax import image as imageio  # noqa: E402
+from nst_jax.errors import NSTError, check_choice  # noqa: E402
+
+FIGURES: tuple[str, ...] = ("color", "optimizers", "layers", "curves")
+_LABEL_HEIGHT = 22
+_GAP = 6
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def grid(images: list[np.ndarray], labels: list[str], title: str = "") -> Image.Image:
+    """One row of ``(H, W, 3)`` [0, 1] images (heights may differ) with a label above each."""
+    height = max(im.shape[0] for im in images)
+    tiles = [Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)) for im in images]
+    tiles = [t if t.height == height else t.resize((round(t.width * height / t.height), height),
+                                                   Image.Resampling.BICUBIC) for t in tiles]
+    top = _LABEL_HEIGHT * (2 if title else 1)
+    width = sum(t.width for t in tiles) + _GAP * (len(tiles) + 1)
+    canvas = Image.new("RGB", (width, height + top + _GAP), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(14)
+    if title:
+        draw.text((width / 2, 4), title, fill=(30, 30, 30), font=font, anchor="mt")
+    x = _GAP
+    for tile, label in zip(tiles, labels):
+        draw.text((x + tile.width / 2, top - 4), label, fill=(30, 30, 30), font=font, anchor="mb")
+        canvas.paste(tile, (x, top))
+        x += tile.width + _GAP
+    return canvas
+
+
+def _save(path: Path, picture: Image.Image) -> Path:
+    imageio.save_image(path, np.asarray(picture, np.float32) / 255.0)
+    return path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = cli.ArgumentParser(prog="python scripts/figures.py", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", help="VGG-19 weights (default: download once and cache)")
+    p.add_argument("--content", help="content image (default: built-in photo)")
+    p.add_argument("--style", help="style image (default: built-in painting)")
+    p.add_argument("--size", type=cli.positive(int, "--size"), default=256, help="image height in pixels")
+    p.add_argument("--iterations", type=cli.positive(int, "--iterations"), default=300,
+                   help="iterations of every run")
+    p.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default="lbfgs",
+                   help="optimizer of the colour and style-layer figures")
+    p.add_argument("--content-layers", type=cli.comma_list(str, "--content-layers"),
+                   default=gatys.DEFAULT_CONTENT_LAYERS, help="content layers of every run")
+    p.add_argument("--style-layers", type=cli.comma_list(str, "--style-layers"),
+                   default=gatys.DEFAULT_STYLE_LAYERS,
+                   help="style layers of every run; the style-layer figure uses the first 1, 2, ... of them")
+    p.add_argument("--adam-learning-rates", type=cli.comma_list(float, "--adam-learning-rates"),
+                   default=(0.005, 0.02, 0.1), help="Adam step sizes compared with L-BFGS")
+    p.add_argument("--figures", type=cli.comma_list(str, "--figures"), default=FIGURES,
+                   help=f"which figures to draw, from {','.join(FIGURES)}")
+    p.add_argument("--output-dir", default="figures", help="where the PNG files go")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        for name in args.figures:
+            check_choice("figure", name, FIGURES, "--figures")
+        content = imageio.resize(imageio.load_image(args.content or imageio.default_content_path(),
+                                                    what="content image"), height=args.size)
+        style = imageio.resize(imageio.load_image(args.style or imageio.default_style_path(),
+                                                  what="style image"), height=args.size)
+        base = gatys.GatysConfig(iterations=args.iterations, optimizer=args.optimizer,
+                                 content_layers=args.content_layers, style_layers=args.style_layers)
+        min_side = vgg.min_image_size(base.layers)
+        deepest = max(base.layers, key=vgg.LAYERS.index)
+        imageio.check_min_size(content, min_side, "content image", layer=deepest)
+        imageio.check_min_size(style, min_side, "style image", layer=deepest)
+        params = weights.resolve_weights("vgg19", args.weights)
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def stylize(config: gatys.GatysConfig) -> gatys.RunResult:
+            t0 = time.perf_counter()
+            result = gatys.run(params, content[None], style[None], config, chunk=min(args.iterations, 50))
+            print(f"  {config.optimizer} color={config.color} layers={len(config.style_layers)} "
+                  f"lr={config.lr:g}: loss {result.terms['total']:.4g} in {time.perf_counter() - t0:.1f} s",
+                  file=sys.stderr)
+            return result
+
+        written = []
+        if "color" in args.figures:
+            print("colour controls", file=sys.stderr)
+            images, labels = [content, style], ["content", "style"]
+            for mode in color.COLOR_MODES:
+                images.append(stylize(dataclasses.replace(base, color=mode)).image)
+                labels.append(mode)
+            written.append(_save(out / "color_controls.png", grid(images, labels, "colour control")))
+
+        curves = {}
+        if "optimizers" in args.figures or "curves" in args.figures:
+            print("optimizers", file=sys.stderr)
+            runs = [("L-BFGS", dataclasses.replace(base, optimizer="lbfgs", learning_rate=None))]
+            runs += [(f"Adam {lr:g}", dataclasses.replace(base, optimizer="adam", learning_rate=lr))
+                     for lr in args.adam_learning_rates]
+            images, labels = [], []
+            for label, config in runs:
+                result = stylize(config)
+                images.append(result.image)
+                labels.append(label)
+                curves[label] = (list(range(len(result.losses))), result.losses)
+            if "optimizers" in args.figures:
+                written.append(_save(out / "optimizers.png", grid(
+                    images, labels, f"optimizers, {args.iterations} iterations each")))
+        if "curves" in args.figures:
+            picture = plot.line_plot(curves, title="total loss", x_label="iteration", y_label="loss", log_y=True)
+            written.append(_save(out / "loss_curves.png", picture))
+
+        if "layers" in args.figures:
+            print("style layers", file=sys.stderr)
+            images, labels = [], []
+            layers = base.style_layers
+            for k in range(1, len(layers) + 1):
+                images.append(stylize(dataclasses.replace(base, style_layers=layers[:k])).image)
+                labels.append(layers[0] if k == 1 else f"{layers[0]}..{layers[k - 1]}")
+            written.append(_save(out / "style_layers.png", grid(images, labels, "style layers")))
+    except NSTError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
