@@ -676,7 +676,10 @@ def run(
                               content_masks=content_masks, style_masks=style_masks)
     x = initial_image(content, config, key, init)
     prog = _program(config, chunk)
-    state = prog.init(x, params, targets, weights)
+    # The chunk loop returns strongly typed leaves; strip weak types from the initial state (optax
+    # keeps some) so the second chunk does not recompile.
+    state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a,
+                         prog.init(x, params, targets, weights))
     curve = [float(jax.device_get(prog.value(state)))]
     timings: list[tuple[int, float]] = []
     last_good = np.asarray(jax.device_get(x))[0]
@@ -808,8 +811,8 @@ def _parser():
     lo.add_argument("--tv-weight", type=cli.positive(float, "--tv-weight", True), default=0.0,
                     help="weight of a total-variation smoothness loss")
     lo.add_argument("--content-layers", type=cli.comma_list(str, "--content-layers"),
-                    default=d.content_layers, help="comma-separated VGG layers for the content loss")
-    lo.add_argument("--style-layers", type=cli.comma_list(str, "--style-layers"), default=d.style_layers,
+                    default=",".join(d.content_layers), help="comma-separated VGG layers for the content loss")
+    lo.add_argument("--style-layers", type=cli.comma_list(str, "--style-layers"), default=",".join(d.style_layers),
                     help="comma-separated VGG layers for the style loss")
     lo.add_argument("--style-layer-weights", type=cli.comma_list(float, "--style-layer-weights"),
                     help="one weight per style layer (default: 1/number of layers)")

@@ -90,7 +90,8 @@ def test_stylize_equals_chunked_run(tiny):
     assert [n for n, _ in driven.chunk_seconds] == [3, 3, 1]
 
 
-def test_iterations_do_not_recompile(tiny, monkeypatch):
+@pytest.mark.parametrize("optimizer", ["adam", "optax-lbfgs"])
+def test_iterations_do_not_recompile(tiny, monkeypatch, optimizer):
     params, content, style = tiny
     traces = []
     original = gatys.loss_terms
@@ -101,11 +102,13 @@ def test_iterations_do_not_recompile(tiny, monkeypatch):
 
     monkeypatch.setattr(gatys, "loss_terms", counting)
     gatys._PROGRAMS.clear()
-    config = gatys.GatysConfig(iterations=4, optimizer="adam")
-    gatys.run(params, content, style, config, chunk=2)
-    first = len(traces)
-    assert first > 0
-    gatys.run(params, content, style, gatys.GatysConfig(iterations=9, optimizer="adam"), chunk=2,
+    after_chunk = []
+    config = gatys.GatysConfig(iterations=5, optimizer=optimizer)
+    gatys.run(params, content, style, config, chunk=2, callback=lambda p, _: after_chunk.append(len(traces)))
+    assert after_chunk[0] > 0
+    assert after_chunk == [after_chunk[0]] * 3, "later chunks (the last one shorter) must not retrace"
+    first = len(traces)  # chunks, plus the final loss terms
+    gatys.run(params, content, style, gatys.GatysConfig(iterations=9, optimizer=optimizer), chunk=2,
               key=jax.random.key(3))
     assert len(traces) == first, "a second run with more iterations must reuse the compiled program"
 
