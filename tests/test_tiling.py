@@ -158,8 +158,18 @@ def test_bad_geometry_names_the_fix(tile_size, halo, fix):
         tiling.tile_grid((1, 100, 100, 3), gatys.GatysConfig().layers, tile_size, halo)
 
 
+def test_spatial_control_is_refused(params, images, problem):
+    _, _, _, x = images
+    targets, weights, _, _ = problem
+    guided = targets._replace(region_masks={n: jnp.ones((1, 8, 8)) for n in SHALLOW.style_layers})
+    with pytest.raises(ConfigError, match="spatial control"):
+        tiling.tiled_value_and_grad(x, params, guided, weights, SHALLOW, TILE)
+
+
 # One pool (alignment 2, exact halo 4 px): cheap to compile inside a whole L-BFGS program.
-TINY = gatys.GatysConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), iterations=4)
+# Luminance-only transfer, so the colour handling around the optimizer is compared too.
+TINY = gatys.GatysConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"), iterations=4,
+                         color="luminance")
 
 
 @pytest.mark.slow
