@@ -62,7 +62,7 @@ class GatysConfig:
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
     iterations: int = 600
-    optimizer: str = "lbfgs"
+    optimizer: str = "optax-lbfgs"  # measured faster than jaxopt on CPU (README, Performance)
     learning_rate: float | None = None  # None: 1.0 for L-BFGS (report), 0.02 for Adam
     history_size: int = 10
     pooling: str = "max"
@@ -853,7 +853,7 @@ def _parser():
                     help="iterations, one number for every level or one per --sizes level (default: 600 at "
                     "the first level, 100 at later ones)")
     op.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                    help="lbfgs = jaxopt L-BFGS with zoom line search, optax-lbfgs, or adam")
+                    help="optax-lbfgs = optax L-BFGS (default, measured fastest), lbfgs = jaxopt L-BFGS, adam")
     op.add_argument("--learning-rate", type=cli.positive(float, "--learning-rate"),
                     help="Adam step size (default 0.02) or L-BFGS maximum step (default 1.0)")
     op.add_argument("--history-size", type=cli.positive(int, "--history-size"), default=d.history_size,
