@@ -1,0 +1,211 @@
+"""scripts/benchmark.py: the --quick run end to end (JAX only) and the pure helpers it is built on.
+
+Timings are not asserted (they depend on the machine); the schema, the internal consistency of the
+derived numbers and the helpers' arithmetic are.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_under_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(*args, timeout=900):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------------------------
+# The quick run
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "quick.json"
+    proc = run_script("--quick", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads(out.read_text())
+
+
+def positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_quick_machine_section(quick):
+    _, r = quick
+    assert r["schema"] == 1 and r["errors"] == []
+    m = r["machine"]
+    assert m["backend"] in ("cpu", "gpu", "tpu") and m["cpu_count"] >= 1 and m["device_kind"]
+    for name in ("jax", "jaxlib", "flax", "optax", "jaxopt"):
+        assert m["versions"][name]
+    assert len(m["loadavg_start"]) == 3 and len(m["loadavg_end"]) == 3
+    assert r["settings"]["compare_torch"] is False
+
+
+@pytest.mark.slow
+def test_quick_gatys_entries(quick):
+    _, r = quick
+    (e,) = r["gatys"]
+    assert e["size"] == 32 and e["optimizer"] == "adam" and e["iterations"] == 2
+    for key in ("s_per_iter", "s_per_eval", "compile_s", "final_loss", "timing_process_peak_rss_mb"):
+        assert positive(e[key]), (key, e[key])
+    assert math.isclose(e["evals_per_iter"], e["s_per_iter"] / e["s_per_eval"], rel_tol=1e-9)
+    # The warm-up compiles everything the timed run needs.
+    assert e["recompiles_in_timed_run"] == 0
+    assert "torch" not in e and "ratio_s_per_iter" not in e  # no --compare-torch
+    (ev,) = r["gatys_eval"]
+    assert ev["jax_s"] == e["s_per_eval"] and "torch_s" not in ev
+    assert r["goals"] == []
+
+
+@pytest.mark.slow
+def test_quick_adain_and_train_entries(quick):
+    _, r = quick
+    (a,) = r["adain"]
+    assert (a["size"], a["batch"]) == (32, 1) and a["recompiles"] == 0
+    assert positive(a["latency_s"]) and math.isclose(a["images_per_s"], a["batch"] / a["latency_s"])
+    (t,) = r["train"]
+    assert (t["crop"], t["batch"]) == (32, 2) and t["devices"] >= 1 and t["recompiles"] == 0
+    assert math.isfinite(t["loss_first_step"])
+    assert math.isclose(t["images_per_s_per_device"], t["batch"] / t["step_s"] / t["devices"])
+
+
+@pytest.mark.slow
+def test_markdown_from_quick_json(quick):
+    path, r = quick
+    proc = run_script("--markdown", str(path), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert r["machine"]["versions"]["jax"] in text
+    assert "| 32 | adam | 2 |" in text and "AdaIN stylization" in text and "training step" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure helpers (no JAX, fast)
+
+
+def test_module_does_not_import_jax_or_torch():
+    code = (f"import importlib.util, sys; s = importlib.util.spec_from_file_location('b', {str(SCRIPT)!r}); "
+            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+            "print('jax' in sys.modules, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["False", "False"], proc.stderr
+
+
+def test_fit_memory_recovers_a_line_and_the_largest_side():
+    b = load_benchmark()
+    fixed, per_pixel = 300 * 2**20, 9000.0  # bytes, bytes per pixel
+    scan = [{"size": s, "remat": remat, "dtype": dtype, "device_peak_bytes": None,
+             "peak_rss_mb": (fixed + per_pixel * s * s) / 2**20}
+            for s in (128, 256, 384) for remat, dtype in ((False, "float32"), (True, "bfloat16"))]
+    fits = b.fit_memory(scan, [4, 0.25])
+    assert set(fits) == {"no-remat/float32", "remat/bfloat16"}
+    f = fits["no-remat/float32"]
+    assert math.isclose(f["bytes_fixed"], fixed, rel_tol=1e-9)
+    assert math.isclose(f["bytes_per_pixel"], per_pixel, rel_tol=1e-9)
+    side = f["largest_side"]["4"]
+    # The largest square that fits: side^2 pixels within the budget, one more pixel row does not.
+    assert fixed + per_pixel * side**2 <= 4 * 2**30 < fixed + per_pixel * (side + 1) ** 2
+    assert f["largest_side"]["0.25"] is None  # the fixed part alone exceeds 256 MiB
+
+
+def test_fit_memory_needs_two_sizes():
+    b = load_benchmark()
+    scan = [{"size": 64, "remat": False, "dtype": "float32", "device_peak_bytes": 10**9, "peak_rss_mb": 1.0}]
+    assert b.fit_memory(scan, [4]) == {}
+
+
+def timing_fixture():
+    return {
+        "size": 64, "chunk": 2, "eval": {"jax_s": 0.5, "torch_s": 1.0, "ratio": 0.5},
+        "runs": [
+            {"optimizer": "lbfgs", "s_per_iter": 0.5, "compile_s": 3.0, "recompiles_in_timed_run": 0,
+             "final_loss": 2.0, "losses": [10.0, 5.0, 3.0, 2.0], "iterations": 3, "evals_per_iter": 1.0,
+             "torch_partners": ["lbfgs"]},
+            {"optimizer": "adam", "s_per_iter": 0.4, "compile_s": 2.0, "recompiles_in_timed_run": 0,
+             "final_loss": 6.0, "losses": [10.0, 10.0, 8.0, 7.0], "iterations": 3, "evals_per_iter": 0.8,
+             "torch_partners": ["adam"]},
+        ],
+        "torch": {
+            "lbfgs": {"s_per_iter": 1.0, "s_per_eval": 1.0, "evals": 3, "evals_per_iter": 1.0, "final_loss": 2.5,
+                      "losses": [10.0, 6.0, 4.0, 2.5]},
+            "adam": {"s_per_iter": 0.8, "s_per_eval": 0.8, "evals": 3, "evals_per_iter": 1.0, "final_loss": 5.0,
+                     "losses": [10.0, 9.0, 7.0, 5.0]},
+        },
+    }
+
+
+def test_assemble_gatys_ratios_and_time_to_target():
+    b = load_benchmark()
+    lbfgs, adam = b.assemble_gatys(timing_fixture(), {}, {}, None)
+    # Default target: the largest final L-BFGS loss (JAX 2.0, torch 2.5), reached by every L-BFGS run.
+    assert lbfgs["target_loss"] == 2.5
+    assert lbfgs["iters_to_target"] == 3 and lbfgs["s_to_target"] == 3 * 0.5
+    assert lbfgs["torch"]["lbfgs"]["iters_to_target"] == 3 and lbfgs["torch"]["lbfgs"]["s_to_target"] == 3.0
+    assert lbfgs["ratio_s_per_iter"] == 0.5 and lbfgs["ratio_final_loss"] == 2.0 / 2.5
+    assert set(lbfgs["torch"]) == {"lbfgs"} and set(adam["torch"]) == {"adam"}
+    assert adam["ratio_s_per_iter"] == 0.4 / 0.8 and adam["ratio_final_loss"] == 6.0 / 5.0
+    assert adam["iters_to_target"] is None and adam["s_to_target"] is None  # Adam never gets to 2.5
+    (explicit, _) = b.assemble_gatys(timing_fixture(), {}, {}, 5.0)
+    assert explicit["iters_to_target"] == 1
+
+
+def test_goals_follow_the_issue_thresholds():
+    b = load_benchmark()
+    gatys = b.assemble_gatys(timing_fixture(), {}, {}, None)
+    result = {"gatys": gatys, "adain": [{"size": 256, "batch": 1, "ratio_latency": 1.2}],
+              "train": [{"crop": 256, "batch": 8, "ratio_step": 0.9}]}
+    goals = {(g["goal"], g["where"]): g["met"] for g in b.check_goals(result)}
+    assert goals == {("gatys_s_per_iter", "64px lbfgs"): True,  # 0.5 <= 0.8
+                     ("gatys_final_loss", "64px lbfgs"): True,  # 0.8 <= 1
+                     ("adain_latency", "256px batch 1"): False,
+                     ("train_step", "256px batch 8"): True}
+
+
+def test_markdown_renders_torch_columns_and_goals():
+    b = load_benchmark()
+    result = {"machine": {"cpu": "test cpu", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu",
+                          "versions": {"jax": "9.9"}, "loadavg_start": [1.0, 1.0, 1.0]},
+              "settings": {"widths": None},
+              "gatys": b.assemble_gatys(timing_fixture(), {}, {}, None), "adain": [], "train": [], "memory": {}}
+    result["goals"] = b.check_goals(result)
+    text = b.render_markdown(result)
+    assert "jax 9.9" in text and "| 64 | lbfgs | 3 |" in text and "| 64 | lbfgs | 1 | 1 | 1.00 |" in text
+    assert "| gatys_s_per_iter | 64px lbfgs | 0.50 | ≤ 0.8 | yes |" in text
+
+
+@pytest.mark.skipif(HAS_TORCH, reason="checks the message shown when PyTorch is missing")
+def test_compare_torch_without_torch_is_a_clear_error():
+    proc = run_script("--compare-torch", "--quick", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --compare-torch needs PyTorch") and proc.stderr.count("\n") == 1
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    proc = run_script("--markdown", str(tmp_path / "missing.json"), timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot read")
+    proc = run_script("--only", "gatys,bogus", timeout=60)
+    assert proc.returncode == 2 and "error:" in proc.stderr
+    proc = run_script("--optimizers", "lbfgs,sgd", timeout=60)
+    assert proc.returncode == 2 and "unknown optimizer 'sgd'" in proc.stderr
