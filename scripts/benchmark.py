@@ -449,6 +449,43 @@ def work_torch_gatys_memory(job) -> dict:
             "final_loss": run.current_loss(), **_memory_record(baseline)}
 
 
+def work_memory_static(job) -> dict:
+    """Bytes one evaluation (value and gradient) needs, from XLA's buffer assignment, per size and variant.
+
+    Compiled for abstract inputs (nothing runs), so large images cost only compile time. Unlike the
+    peak RSS of a run, this excludes the compiler's own memory and allocator slack: it is the memory
+    the program itself needs on the device. The L-BFGS state (``2 * history_size + 6`` image-sized
+    float32 vectors, as ``gatys.estimate_memory_bytes`` counts them) is added separately.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from nst_jax import gatys
+
+    params = _vgg_params(job.get("widths"))
+    p_abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+    rows = []
+    for size in job["sizes"]:
+        image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+        for remat, dtype in job["variants"]:
+            config = _gatys_config(job, "lbfgs", remat=remat, compute_dtype=dtype)
+            weights = gatys.loss_weights(config)
+            targets = jax.eval_shape(lambda p, c, s, config=config: gatys.compute_targets(p, c, s, config),
+                                     p_abstract, image, image)
+            fn = jax.jit(jax.value_and_grad(lambda x, p, t, w, config=config: gatys.objective(x, p, t, w, config)))
+            t0 = time.perf_counter()
+            stats = fn.lower(image, p_abstract, targets, weights).compile().memory_analysis()
+            compile_s = time.perf_counter() - t0
+            program = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+                       - stats.alias_size_in_bytes)
+            state = (2 * config.history_size + 6) * size * size * 3 * 4
+            rows.append({"size": size, "remat": remat, "dtype": dtype, "temp_bytes": stats.temp_size_in_bytes,
+                         "argument_bytes": stats.argument_size_in_bytes, "program_bytes": program,
+                         "lbfgs_state_bytes": state, "peak_bytes": program + state, "compile_s": compile_s,
+                         "estimate_bytes": gatys.estimate_memory_bytes(size, size, params, config)})
+    return {"rows": rows}
+
+
 def work_fidelity(job) -> dict:
     """bfloat16 features (float32 Gram and losses) and remat against float32, at one image size."""
     import jax
@@ -605,6 +642,7 @@ def work_train(job) -> dict:
 
 WORKERS = {"machine": work_machine, "gatys": work_gatys, "gatys-memory": work_gatys_memory,
            "torch-gatys-memory": work_torch_gatys_memory, "fidelity": work_fidelity, "adain": work_adain,
+           "memory-static": work_memory_static,
            "train": work_train}
 
 
@@ -656,23 +694,17 @@ def _first_reaching(losses, target):
     return next((i for i, v in enumerate(losses) if v <= target), None)
 
 
-def assemble_gatys(timing: dict, memory: dict, torch_memory: dict, target_loss: float | None) -> list[dict]:
-    """One entry per (size, optimizer) with torch ratios, time to target and peak memory."""
+def assemble_gatys(timing: dict, memory: dict, torch_memory: dict) -> list[dict]:
+    """One entry per (size, optimizer) with its loss curve, torch results and ratios, peak memory."""
     entries = []
     torch_runs = timing.get("torch", {})
-    finals = [r["final_loss"] for r in timing["runs"] if r["optimizer"] in LBFGS_OPTIMIZERS]
-    finals += [t["final_loss"] for v, t in torch_runs.items() if v != "adam"]
-    target = target_loss if target_loss is not None else (max(finals) if finals else None)
     for run in timing["runs"]:
         e = {"size": timing["size"], "optimizer": run["optimizer"], "chunk": timing["chunk"],
              "iterations": run["iterations"], "s_per_iter": run["s_per_iter"], "s_per_eval": timing["eval"]["jax_s"],
              "evals_per_iter": run["evals_per_iter"], "compile_s": run["compile_s"],
              "recompiles_in_timed_run": run["recompiles_in_timed_run"],
              "recompiling_chunks_s": run.get("recompiling_chunks_s", []), "final_loss": run["final_loss"],
-             "target_loss": target}
-        k = _first_reaching(run["losses"], target) if target is not None else None
-        e["iters_to_target"] = k
-        e["s_to_target"] = None if k is None or run["s_per_iter"] is None else k * run["s_per_iter"]
+             "losses": run["losses"]}
         mem = memory.get((timing["size"], run["optimizer"]), {})
         e["peak_rss_mb"] = mem.get("peak_rss_mb")
         e["device_peak_bytes"] = mem.get("device_peak_bytes")
@@ -683,12 +715,9 @@ def assemble_gatys(timing: dict, memory: dict, torch_memory: dict, target_loss: 
             for variant, t in torch_runs.items():
                 if (variant == "adam") != (run["optimizer"] == "adam"):
                     continue
-                kt = _first_reaching(t["losses"], target) if target is not None else None
                 e["torch"][variant] = {
                     "s_per_iter": t["s_per_iter"], "s_per_eval": t["s_per_eval"], "evals": t["evals"],
-                    "evals_per_iter": t["evals_per_iter"], "final_loss": t["final_loss"],
-                    "iters_to_target": kt,
-                    "s_to_target": None if kt is None or t["s_per_iter"] is None else kt * t["s_per_iter"],
+                    "evals_per_iter": t["evals_per_iter"], "final_loss": t["final_loss"], "losses": t["losses"],
                     "interleaved": variant in run["torch_partners"],
                     "peak_rss_mb": torch_memory.get((timing["size"], variant), {}).get("peak_rss_mb"),
                 }
@@ -704,12 +733,60 @@ def assemble_gatys(timing: dict, memory: dict, torch_memory: dict, target_loss: 
     return entries
 
 
-def fit_memory(scan: list[dict], budgets_gib) -> dict:
-    """Least-squares peak = a + b * pixels per variant; the largest square side within each budget."""
+def apply_targets(entries: list[dict], target_loss: float | None = None) -> None:
+    """Sets the target loss per size and, for every run, the iterations and seconds to reach it.
+
+    Default target: the largest final L-BFGS loss at that size (JAX and torch), so every L-BFGS
+    run reaches it. Seconds exclude compilation (iterations times the steady-state s/iter).
+    """
+    for size in {e["size"] for e in entries}:
+        here = [e for e in entries if e["size"] == size]
+        finals = [e["final_loss"] for e in here if e["optimizer"] in LBFGS_OPTIMIZERS]
+        finals += [t["final_loss"] for e in here for v, t in e.get("torch", {}).items() if v != "adam"]
+        target = target_loss if target_loss is not None else (max(finals) if finals else None)
+        for run in [e for e in here] + [t for e in here for t in e.get("torch", {}).values()]:
+            k = _first_reaching(run["losses"], target) if target is not None else None
+            run["iters_to_target"] = k
+            run["s_to_target"] = None if k is None or run["s_per_iter"] is None else k * run["s_per_iter"]
+        for e in here:
+            e["target_loss"] = target
+
+
+MERGE_KEYS = {"gatys": ("size", "optimizer"), "gatys_eval": ("size",), "chunks": ("size", "chunk"),
+              "adain": ("size", "batch"), "train": ("crop", "batch")}
+
+
+def merge_results(base: dict, new: dict) -> dict:
+    """``base`` with the entries of ``new`` added, replacing those with the same key (e.g. size, optimizer)."""
+    merged = json.loads(json.dumps(base))
+    for section, keys in MERGE_KEYS.items():
+        fresh = {tuple(e.get(k) for k in keys): e for e in new.get(section, [])}
+        kept = [e for e in merged.get(section, []) if tuple(e.get(k) for k in keys) not in fresh]
+        merged[section] = sorted(kept + list(fresh.values()), key=lambda e: tuple(e.get(k) or 0 for k in keys))
+    for key, value in new.get("memory", {}).items():
+        if value:
+            merged.setdefault("memory", {})[key] = value
+    merged["errors"] = merged.get("errors", []) + new.get("errors", [])
+    merged.setdefault("merged_runs", []).append(
+        {"settings": new["settings"], "loadavg_start": new["machine"].get("loadavg_start"),
+         "loadavg_end": new["machine"].get("loadavg_end"), "wall_s": new.get("wall_s")})
+    return merged
+
+
+def _variant_name(remat: bool, dtype: str) -> str:
+    return f"{'remat' if remat else 'no-remat'}/{dtype}"
+
+
+def fit_memory(scan: list[dict], budgets_gib, key=None) -> dict:
+    """Least-squares peak = a + b * pixels per variant; the largest square side within each budget.
+
+    ``key(row)`` gives a row's peak bytes; default: the device peak, else the peak RSS.
+    """
+    key = key or (lambda r: r["device_peak_bytes"] or r["peak_rss_mb"] * 2**20)
     fits = {}
     for remat, dtype in MEMORY_VARIANTS:
-        name = f"{'remat' if remat else 'no-remat'}/{dtype}"
-        pts = [(r["size"] ** 2, r["device_peak_bytes"] or r["peak_rss_mb"] * 2**20) for r in scan
+        name = _variant_name(remat, dtype)
+        pts = [(r["size"] ** 2, key(r)) for r in scan
                if "error" not in r and r["remat"] == remat and r["dtype"] == dtype]
         if len({p for p, _ in pts}) < 2:
             continue
@@ -756,6 +833,7 @@ def plan(args) -> dict:
         "adain_sizes": [256, 512], "adain_batches": [1, 8], "repeats": 5 if gpu else 3,
         "train_crop": 256, "train_batch": 8, "train_steps": 5 if gpu else 3,
         "memory_sizes": [512, 1024] if gpu else [128, 256], "memory_iterations": 1,
+        "memory_static_sizes": [512, 1024, 2048],
         # CPU compiles are slow; Adam's program is the smallest and its peak memory differs from
         # L-BFGS's only by the history (2 * history_size image-sized vectors).
         "memory_optimizer": "lbfgs" if gpu else "adam",
@@ -768,11 +846,13 @@ def plan(args) -> dict:
         # Compile time dominates tiny problems: one small program per section, no memory scan.
         p.update(sizes=[32], iterations=2, chunk=1, optimizers=["adam"], chunks=[], eval_repeats=1,
                  adain_sizes=[32], adain_batches=[1], repeats=1, train_crop=32, train_batch=2, train_steps=1,
-                 memory_sizes=[], memory_iterations=1, fidelity_size=None, widths=QUICK_WIDTHS,
+                 memory_sizes=[], memory_static_sizes=[], memory_iterations=1, fidelity_size=None,
+                 widths=QUICK_WIDTHS,
                  size_overrides={}, memory_variants=[])
     for key in ("sizes", "iterations", "chunk", "optimizers", "chunks", "chunk_iterations", "chunk_repeats",
                 "eval_repeats", "adain_sizes", "adain_batches", "repeats", "train_crop", "train_batch",
-                "train_steps", "memory_sizes", "memory_iterations", "memory_optimizer", "fidelity_size",
+                "train_steps", "memory_sizes", "memory_static_sizes", "memory_iterations", "memory_optimizer",
+                "fidelity_size",
                 "budgets_gib", "torch_threads"):
         value = getattr(args, key)
         if value is not None:
@@ -801,12 +881,14 @@ def run_benchmark(args, machine: dict, log) -> dict:
     def save():
         machine["loadavg_end"] = list(os.getloadavg())
         result["wall_s"] = time.perf_counter() - t_start
-        result["goals"] = check_goals(result)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{args.out}.tmp")
-            tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, args.out)
+        full = merge_results(args.merge_base, result) if args.merge_base else result
+        apply_targets(full["gatys"], args.target_loss)
+        full["goals"] = check_goals(full)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, args.out)
+        return full
 
     def job(**kw):
         r = run_job({**common, **kw}, log, args.cache_dir)
@@ -838,7 +920,7 @@ def run_benchmark(args, machine: dict, log) -> dict:
                     for variant in timing["torch"]:
                         torch_memory[(size, variant)] = job(kind="torch-gatys-memory", size=size,
                                                             optimizer=variant, iterations=p["memory_iterations"])
-            result["gatys"] += assemble_gatys(timing, memory, torch_memory, args.target_loss)
+            result["gatys"] += assemble_gatys(timing, memory, torch_memory)
             result["gatys_eval"].append({"size": size, "targets": timing["targets"], **timing["eval"]})
             result["chunks"] += [{"size": size, **c} for c in timing["chunks"]]
             save()
@@ -865,6 +947,13 @@ def run_benchmark(args, machine: dict, log) -> dict:
             if ref is not None:
                 r["final_loss_rel_diff_vs_f32"] = _rel(r["final_loss"], ref["final_loss"])
                 r["s_per_iter_ratio_vs_f32"] = _ratio(r["s_per_iter"], ref["s_per_iter"])
+        if p["memory_static_sizes"]:
+            static = job(kind="memory-static", sizes=p["memory_static_sizes"], variants=p["memory_variants"],
+                         iterations=1)
+            if "error" not in static:
+                result["memory"]["static"] = static["rows"]
+                result["memory"]["static_fit"] = fit_memory(static["rows"], p["budgets_gib"],
+                                                            key=lambda r: r["peak_bytes"])
         if p["fidelity_size"]:
             fid = job(kind="fidelity", size=p["fidelity_size"], iterations=1)
             if "error" not in fid:
@@ -890,8 +979,7 @@ def run_benchmark(args, machine: dict, log) -> dict:
         if "error" not in r:
             result["train"] = [r]
         save()
-    save()
-    return result
+    return save()
 
 
 # ================================================================================================
@@ -922,14 +1010,15 @@ def render_markdown(result: dict) -> str:
     if result.get("gatys"):
         lines += ["Gatys (`gatys.run`, L-BFGS history 10): seconds per iteration and per evaluation, compile "
                   "seconds, peak RSS, final loss after equal iterations.", "",
-                  "| size | optimizer | iters | s/iter | s/eval | evals/iter | compile s | peak MB | final loss "
-                  "| torch L-BFGS s/iter | ratio s/iter | ratio final loss |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| size | optimizer | iters | s/iter | s/eval | evals/iter | compile s | recompiles | peak MB "
+                  "| final loss | torch s/iter | ratio s/iter | ratio final loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in result["gatys"]:
             t = e.get("torch", {})
             ref = t.get("adam" if e["optimizer"] == "adam" else "lbfgs", {})
             lines.append(f"| {e['size']} | {e['optimizer']} | {e['iterations']} | {_fmt(e['s_per_iter'])} | "
                          f"{_fmt(e['s_per_eval'])} | {_fmt(e['evals_per_iter'], '.2f')} | {_fmt(e['compile_s'], '.1f')} | "
+                         f"{e.get('recompiles_in_timed_run', '–')} | "
                          f"{_fmt(e.get('peak_rss_mb'), '.0f')} | {_fmt(e['final_loss'], '.4g')} | "
                          f"{_fmt(ref.get('s_per_iter'))} | {_fmt(e.get('ratio_s_per_iter'), '.2f')} | "
                          f"{_fmt(e.get('ratio_final_loss'), '.2f')} |")
@@ -975,15 +1064,28 @@ def render_markdown(result: dict) -> str:
                          f"{_fmt(r['images_per_s_per_device'])} | {_fmt(r['compile_s'], '.1f')} | "
                          f"{_fmt(r.get('torch', {}).get('step_s'))} | {_fmt(r.get('ratio_step'), '.2f')} |")
     mem = result.get("memory", {})
-    if mem.get("fit"):
-        budgets = list(next(iter(mem["fit"].values()))["largest_side"])
-        lines += ["", "Memory (L-BFGS, peak memory fitted as fixed + per-pixel over the scanned sizes): largest "
-                  "square image per budget.", "",
+    for key, title in (("static_fit", "Memory one evaluation needs (XLA buffer assignment of the compiled value "
+                        "and gradient, plus the L-BFGS state), linear in pixels; largest square image per budget:"),
+                       ("fit", "Peak RSS of whole runs (compiler, runtime and allocator included) fitted the same "
+                        "way over the scanned sizes:")):
+        fits = mem.get(key)
+        if not fits:
+            continue
+        budgets = list(next(iter(fits.values()))["largest_side"])
+        lines += ["", title, "",
                   "| variant | MB fixed | KB/pixel | " + " | ".join(f"{b} GiB" for b in budgets) + " |",
                   "|---|---|---|" + "---|" * len(budgets)]
-        for name, f in mem["fit"].items():
+        for name, f in fits.items():
             lines.append(f"| {name} | {f['bytes_fixed'] / 2**20:.0f} | {f['bytes_per_pixel'] / 1024:.2f} | "
                          + " | ".join(_fmt(f["largest_side"][b]) for b in budgets) + " |")
+    if mem.get("scan"):
+        lines += ["", "Measured runs of the memory scan (peak RSS, time per iteration and loss relative to float32 "
+                  "without remat):", "", "| size | optimizer | variant | peak RSS MB | s/iter ratio | loss rel. diff |",
+                  "|---|---|---|---|---|---|"]
+        for r in sorted(mem["scan"], key=lambda r: (r["size"], r["remat"], r["dtype"])):
+            lines.append(f"| {r['size']} | {r['optimizer']} | {_variant_name(r['remat'], r['dtype'])} | "
+                         f"{_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('s_per_iter_ratio_vs_f32'), '.2f')} | "
+                         f"{_fmt(r.get('final_loss_rel_diff_vs_f32'), '.2g')} |")
     fid = mem.get("fidelity")
     if fid:
         worst = max(fid["feature_rel_error_bf16"].values())
@@ -1043,6 +1145,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON output (default: benchmarks/<backend>.json, or benchmarks/quick.json "
                    "with --quick)")
     p.add_argument("--markdown", metavar="JSON", help="print the README performance table of a result file and exit")
+    p.add_argument("--merge", metavar="JSON", help="start from this result file: entries measured now replace "
+                   "those with the same key (size, optimizer, ...), the others are kept; --out defaults to it")
     p.add_argument("--compare-torch", action="store_true", help="also run the PyTorch references (needs torch)")
     p.add_argument("--quick", action="store_true", help="tiny networks and images, JAX only unless --compare-torch")
     p.add_argument("--only", type=lambda s: tuple(x for x in s.split(",") if x), metavar="SECTIONS",
@@ -1065,6 +1169,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=_positive, help="timed training steps")
     p.add_argument("--memory-sizes", type=_ints, help="sizes of the remat/bfloat16 memory scan")
     p.add_argument("--memory-iterations", type=_positive, help="iterations of each memory run")
+    p.add_argument("--memory-static-sizes", type=_ints,
+                   help="sizes of the compiled-program memory analysis (compile only, no run)")
     p.add_argument("--memory-optimizer", choices=GATYS_OPTIMIZERS,
                    help="optimizer of the remat/bfloat16 memory scan (default: lbfgs on accelerators, adam on CPU)")
     p.add_argument("--fidelity-size", type=_positive, help="image size of the bfloat16 fidelity check")
@@ -1099,6 +1205,16 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
+    args.merge_base = None
+    if args.merge:
+        try:
+            args.merge_base = json.loads(Path(args.merge).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            print(f"error: cannot read --merge {args.merge} ({err}); pass a JSON file written by this script",
+                  file=sys.stderr)
+            return 2
+        args.out = args.out or args.merge
+    t0 = time.perf_counter()
     machine = run_job({"kind": "machine"}, log)
     if "error" in machine:
         print(f"error: a JAX worker failed to start ({machine['error']}); check the JAX installation",
@@ -1109,8 +1225,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="nst-bench-cache-") as cache_dir:
         args.cache_dir = cache_dir
         result = run_benchmark(args, machine, log)
-    log(f"wrote {args.out} in {result['wall_s']:.0f}s; {len(result['errors'])} failed job(s)")
-    return 1 if result["errors"] else 0
+    new_errors = len(result["errors"]) - len((args.merge_base or {}).get("errors", []))
+    log(f"wrote {args.out} in {time.perf_counter() - t0:.0f}s; {new_errors} failed job(s)")
+    return 1 if new_errors else 0
 
 
 if __name__ == "__main__":

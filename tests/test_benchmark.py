@@ -156,25 +156,44 @@ def timing_fixture():
     }
 
 
-def test_assemble_gatys_ratios_and_time_to_target():
+def gatys_entries(target=None):
     b = load_benchmark()
-    lbfgs, adam = b.assemble_gatys(timing_fixture(), {}, {}, None)
+    entries = b.assemble_gatys(timing_fixture(), {}, {})
+    b.apply_targets(entries, target)
+    return entries
+
+
+def test_assemble_gatys_ratios_and_time_to_target():
+    lbfgs, adam = gatys_entries()
     # Default target: the largest final L-BFGS loss (JAX 2.0, torch 2.5), reached by every L-BFGS run.
-    assert lbfgs["target_loss"] == 2.5
+    assert lbfgs["target_loss"] == adam["target_loss"] == 2.5
     assert lbfgs["iters_to_target"] == 3 and lbfgs["s_to_target"] == 3 * 0.5
     assert lbfgs["torch"]["lbfgs"]["iters_to_target"] == 3 and lbfgs["torch"]["lbfgs"]["s_to_target"] == 3.0
     assert lbfgs["ratio_s_per_iter"] == 0.5 and lbfgs["ratio_final_loss"] == 2.0 / 2.5
     assert set(lbfgs["torch"]) == {"lbfgs"} and set(adam["torch"]) == {"adam"}
     assert adam["ratio_s_per_iter"] == 0.4 / 0.8 and adam["ratio_final_loss"] == 6.0 / 5.0
     assert adam["iters_to_target"] is None and adam["s_to_target"] is None  # Adam never gets to 2.5
-    (explicit, _) = b.assemble_gatys(timing_fixture(), {}, {}, 5.0)
+    explicit, _ = gatys_entries(target=5.0)
     assert explicit["iters_to_target"] == 1
+
+
+def test_merge_replaces_matching_entries_and_keeps_the_rest():
+    b = load_benchmark()
+    base = {"machine": {"cpu": "x"}, "settings": {}, "gatys": gatys_entries(), "adain": [], "train": [],
+            "chunks": [], "gatys_eval": [], "memory": {"scan": [{"size": 1}], "fit": {"a": 1}}, "errors": []}
+    newer = dict(base["gatys"][0], s_per_iter=0.25)
+    new = {"machine": {"loadavg_start": [1, 1, 1]}, "settings": {"sizes": [64]}, "gatys": [newer], "adain": [],
+           "train": [], "chunks": [], "gatys_eval": [], "memory": {"scan": [], "static": [{"size": 2}]}, "errors": []}
+    merged = b.merge_results(base, new)
+    assert [(e["optimizer"], e["s_per_iter"]) for e in merged["gatys"]] == [("adam", 0.4), ("lbfgs", 0.25)]
+    assert merged["memory"] == {"scan": [{"size": 1}], "fit": {"a": 1}, "static": [{"size": 2}]}
+    assert merged["merged_runs"][0]["settings"] == {"sizes": [64]}
+    assert base["gatys"][0]["s_per_iter"] == 0.5  # the base is not modified
 
 
 def test_goals_follow_the_issue_thresholds():
     b = load_benchmark()
-    gatys = b.assemble_gatys(timing_fixture(), {}, {}, None)
-    result = {"gatys": gatys, "adain": [{"size": 256, "batch": 1, "ratio_latency": 1.2}],
+    result = {"gatys": gatys_entries(), "adain": [{"size": 256, "batch": 1, "ratio_latency": 1.2}],
               "train": [{"crop": 256, "batch": 8, "ratio_step": 0.9}]}
     goals = {(g["goal"], g["where"]): g["met"] for g in b.check_goals(result)}
     assert goals == {("gatys_s_per_iter", "64px lbfgs"): True,  # 0.5 <= 0.8
@@ -188,7 +207,7 @@ def test_markdown_renders_torch_columns_and_goals():
     result = {"machine": {"cpu": "test cpu", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu",
                           "versions": {"jax": "9.9"}, "loadavg_start": [1.0, 1.0, 1.0]},
               "settings": {"widths": None},
-              "gatys": b.assemble_gatys(timing_fixture(), {}, {}, None), "adain": [], "train": [], "memory": {}}
+              "gatys": gatys_entries(), "adain": [], "train": [], "memory": {}}
     result["goals"] = b.check_goals(result)
     text = b.render_markdown(result)
     assert "jax 9.9" in text and "| 64 | lbfgs | 3 |" in text and "| 64 | lbfgs | 1 | 1 | 1.00 |" in text
