@@ -745,6 +745,8 @@ def apply_targets(entries: list[dict], target_loss: float | None = None) -> None
         finals += [t["final_loss"] for e in here for v, t in e.get("torch", {}).items() if v != "adam"]
         target = target_loss if target_loss is not None else (max(finals) if finals else None)
         for run in [e for e in here] + [t for e in here for t in e.get("torch", {}).values()]:
+            if "losses" not in run:  # an entry of an older result file: keep what it has
+                continue
             k = _first_reaching(run["losses"], target) if target is not None else None
             run["iters_to_target"] = k
             run["s_to_target"] = None if k is None or run["s_per_iter"] is None else k * run["s_per_iter"]
@@ -1069,8 +1071,8 @@ def render_markdown(result: dict) -> str:
                        ("fit", "Peak RSS of whole runs (compiler, runtime and allocator included) fitted the same "
                         "way over the scanned sizes:")):
         fits = mem.get(key)
-        if not fits:
-            continue
+        if not fits or (key == "fit" and mem.get("static_fit")):
+            continue  # at CPU-sized images the RSS fit is dominated by fixed costs; prefer the static one
         budgets = list(next(iter(fits.values()))["largest_side"])
         lines += ["", title, "",
                   "| variant | MB fixed | KB/pixel | " + " | ".join(f"{b} GiB" for b in budgets) + " |",
@@ -1079,8 +1081,8 @@ def render_markdown(result: dict) -> str:
             lines.append(f"| {name} | {f['bytes_fixed'] / 2**20:.0f} | {f['bytes_per_pixel'] / 1024:.2f} | "
                          + " | ".join(_fmt(f["largest_side"][b]) for b in budgets) + " |")
     if mem.get("scan"):
-        lines += ["", "Measured runs of the memory scan (peak RSS, time per iteration and loss relative to float32 "
-                  "without remat):", "", "| size | optimizer | variant | peak RSS MB | s/iter ratio | loss rel. diff |",
+        lines += ["", "Measured runs of the memory scan (peak RSS including the compiler; one-sample time per "
+                  "iteration and loss after the run, relative to float32 without remat):", "", "| size | optimizer | variant | peak RSS MB | s/iter ratio | loss rel. diff |",
                   "|---|---|---|---|---|---|"]
         for r in sorted(mem["scan"], key=lambda r: (r["size"], r["remat"], r["dtype"])):
             lines.append(f"| {r['size']} | {r['optimizer']} | {_variant_name(r['remat'], r['dtype'])} | "
@@ -1130,6 +1132,13 @@ def _optimizers(text: str) -> tuple[str, ...]:
     return names
 
 
+def _nonnegative(text: str) -> int:
+    values = _ints(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one integer >= 0, got {text!r}")
+    return values[0]
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -1173,7 +1182,7 @@ def parser() -> argparse.ArgumentParser:
                    help="sizes of the compiled-program memory analysis (compile only, no run)")
     p.add_argument("--memory-optimizer", choices=GATYS_OPTIMIZERS,
                    help="optimizer of the remat/bfloat16 memory scan (default: lbfgs on accelerators, adam on CPU)")
-    p.add_argument("--fidelity-size", type=_positive, help="image size of the bfloat16 fidelity check")
+    p.add_argument("--fidelity-size", type=_nonnegative, help="image size of the bfloat16 fidelity check (0: skip)")
     p.add_argument("--torch-threads", type=_positive, help="torch.set_num_threads (default: the CPU count)")
     p.add_argument("--budget-gib", dest="budgets_gib", type=_floats, help="memory budgets for the largest image")
     p.add_argument("--worker", help=argparse.SUPPRESS)

@@ -157,14 +157,23 @@ class GatysTorchRun:
         self.evals = 0
         self.iterations = 0
         self.seconds: list[tuple[int, float]] = []  # (iterations, wall seconds) per call of run()
-        self.losses: list[float] = [self.current_loss()]  # loss at the init and after each iteration
+        self._step_losses: list[float] = []  # loss at the iterate each step started from
+        self._first_in_step = False
 
     def _closure(self) -> torch.Tensor:
         self.evals += 1
         self.opt.zero_grad()
         loss = self.model.loss(self.x)
         loss.backward()
+        if self._first_in_step:  # every optimizer evaluates the current iterate first
+            self._step_losses.append(float(loss.detach()))
+            self._first_in_step = False
         return loss
+
+    @property
+    def losses(self) -> list[float]:
+        """Loss at the init and after each iteration (the last one computed here, untimed)."""
+        return self._step_losses + [self.current_loss()]
 
     def current_loss(self) -> float:
         """Exact loss at the current image (not counted, not timed)."""
@@ -175,11 +184,11 @@ class GatysTorchRun:
         """Runs ``n`` iterations; returns their wall seconds."""
         t0 = time.perf_counter()
         for _ in range(n):
+            self._first_in_step = True
             self.opt.step(self._closure)
         dt = time.perf_counter() - t0
         self.iterations += n
         self.seconds.append((n, dt))
-        self.losses.append(self.current_loss())  # per call, so the curve has one point per call
         return dt
 
 
