@@ -245,54 +245,12 @@ def _crop_size(grid: TileGrid, level: int) -> tuple[int, int]:
     return grid.rows.tile >> level, grid.cols.tile >> level
 
 
-_DIMS = ("NHWC", "HWIO", "NHWC")
-
-
-@jax.custom_vjp
-def _conv_input_grad(x: Array, kernel: Array, flipped: Array) -> Array:
-    """'Same' zero-padded convolution whose VJP uses a kernel flipped beforehand (input gradient only).
-
-    Why: inside a ``fori_loop`` body XLA:CPU cannot hoist the kernel reversal that JAX's transpose
-    rule emits, and runs the resulting convolution (kernel dims ``01oi``) 2-4x slower than the
-    same convolution outside a loop. Passing the flipped kernel (HWIO, computed once outside the
-    tile loop) keeps every backward convolution in the fast layout. The weights get no gradient:
-    tiling only ever differentiates with respect to the image.
-    """
-    return lax.conv_general_dilated(x, kernel, (1, 1), _same(kernel), dimension_numbers=_DIMS)
-
-
-def _same(kernel: Array) -> tuple[tuple[int, int], tuple[int, int]]:
-    kh, kw = kernel.shape[:2]
-    return (kh // 2, kh // 2), (kw // 2, kw // 2)
-
-
-def _conv_input_grad_fwd(x, kernel, flipped):
-    return _conv_input_grad(x, kernel, flipped), flipped
-
-
-def _conv_input_grad_bwd(flipped, g):
-    dx = lax.conv_general_dilated(g, flipped.astype(g.dtype), (1, 1), _same(flipped), dimension_numbers=_DIMS)
-    return dx, None, None
-
-
-_conv_input_grad.defvjp(_conv_input_grad_fwd, _conv_input_grad_bwd)
-
-
-def _flipped_kernels(params, config: gatys.GatysConfig) -> dict[str, Array]:
-    """Kernels of the transposed convolutions: spatially reversed, input and output swapped (HWIO)."""
-    last = max(vgg.LAYERS.index(n) for n in config.layers)
-    return {n: jnp.flip(params[n]["kernel"], (0, 1)).transpose(0, 1, 3, 2)
-            for n in vgg.LAYERS[: last + 1] if n.startswith("conv")}
-
-
-def _tile_features(params, window: Array, tile: _Tile, grid: TileGrid, config: gatys.GatysConfig,
-                   flipped: dict[str, Array] | None = None):
+def _tile_features(params, window: Array, tile: _Tile, grid: TileGrid, config: gatys.GatysConfig):
     """VGG features of one tile's own region computed from its window, zero outside the image.
 
     Mirrors :func:`nst_jax.vgg.features` for the zero-padded VGG-19, except that each convolution's
     input is masked to the image, so the padding seen at the image border is the untiled network's.
-    With ``flipped`` (:func:`_flipped_kernels`) the convolutions are differentiable with respect
-    to the input only, and fast to differentiate inside a loop.
+    The convolutions are :func:`nst_jax.vgg.conv2d`, fast to differentiate inside the tile loop.
     """
     wanted = set(config.layers)
     last = max(vgg.LAYERS.index(n) for n in wanted)
@@ -304,12 +262,7 @@ def _tile_features(params, window: Array, tile: _Tile, grid: TileGrid, config: g
         for name in names:
             if name.startswith("conv"):
                 m = _mask(grid, tile.window, win_r >> level, win_c >> level, level, x.dtype)
-                if flipped is None:
-                    x = vgg._conv(x * m, params[name], "zero")
-                else:
-                    kernel = params[name]["kernel"].astype(x.dtype)
-                    x = _conv_input_grad(x * m, kernel, flipped[name].astype(x.dtype))
-                    x = x + params[name]["bias"].astype(x.dtype)
+                x = vgg._conv(x * m, params[name], "zero")
             elif name.startswith("relu"):
                 x = jax.nn.relu(x)
             else:
@@ -440,14 +393,13 @@ def _statistics(image, params, targets, weights, config, grid, offset) -> _Stati
 
 def _image_grad(image, params, targets, weights, config, grid, offset, dgram) -> Array:
     canvas = _canvas(image, grid)
-    flipped = _flipped_kernels(params, config)
 
     def body(t, grad):
         tile = _locate(grid, t, offset)
 
         def compute(grad):
             window = _window(canvas, grid, tile)
-            feats, vjp = jax.vjp(lambda w: _tile_features(params, w, tile, grid, config, flipped), window)
+            feats, vjp = jax.vjp(lambda w: _tile_features(params, w, tile, grid, config), window)
             cot = {n: jnp.zeros_like(f) for n, f in feats.items()}
             for n in config.style_layers:
                 cot[n] = cot[n] + (2.0 / _positions(grid, n)) * jnp.einsum(

@@ -15,6 +15,7 @@ Channel counts come from the params, so a narrow network with the same layer nam
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 
 import jax
@@ -101,17 +102,59 @@ def normalize(image: Array) -> Array:
     return (image - mean) / std
 
 
+_DIMS = ("NHWC", "HWIO", "NHWC")
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: Array, kernel: Array, padding: Padding) -> Array:
+    """Stride-1 NHWC x HWIO convolution with explicit ``((top, bottom), (left, right))`` zero padding.
+
+    Same values and gradients as ``lax.conv_general_dilated``; only the backward pass differs in
+    form. JAX's transpose rule reverses the kernel inside the backward convolution; in a
+    ``fori_loop``/``while_loop`` body (the Gatys iteration chunk) XLA:CPU then lowers that
+    convolution (kernel dims ``01oi``) to a generic loop nest about 2.5x slower than its library
+    convolution. Here the input gradient is an ordinary convolution with the kernel flipped and
+    transposed to HWIO first, which stays on the fast path in and out of loops (measured in
+    ``scripts/benchmark.py``, section ``conv``).
+    """
+    return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
+
+
+def _conv2d_fwd(x, kernel, padding):
+    return conv2d(x, kernel, padding), (x, kernel)
+
+
+def _conv2d_bwd(padding, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    (top, bottom), (left, right) = padding
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # HWIO of the transposed convolution
+    full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
+    dx = lax.conv_general_dilated(g, flipped, (1, 1), full, dimension_numbers=_DIMS)
+    # The kernel gradient (AdaIN decoder training) keeps JAX's rule; XLA drops it, and with it the
+    # saved input, when only the image gradient is used.
+    _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=_DIMS),
+                            kernel)
+    (dk,) = kernel_vjp(g)
+    return dx, dk
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def same_padding(kernel: Array) -> Padding:
+    kh, kw = kernel.shape[:2]
+    return (kh // 2, kh // 2), (kw // 2, kw // 2)
+
+
 def _conv(x: Array, p: Mapping[str, Array], padding: str) -> Array:
     kernel = p["kernel"].astype(x.dtype)
-    kh, kw = kernel.shape[:2]
-    ph, pw = kh // 2, kw // 2
-    if padding == "reflect" and (ph or pw):
-        x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)), mode="reflect")
-        pad = "VALID"
-    else:
-        pad = ((ph, ph), (pw, pw))
-    y = lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + p["bias"].astype(x.dtype)
+    pad = same_padding(kernel)
+    if padding == "reflect" and any(sum(side) for side in pad):
+        x = jnp.pad(x, ((0, 0), *pad, (0, 0)), mode="reflect")
+        pad = ((0, 0), (0, 0))
+    return conv2d(x, kernel, pad) + p["bias"].astype(x.dtype)
 
 
 def _pool(x: Array, pooling: str, ceil: bool) -> Array:

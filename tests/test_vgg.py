@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.test_util import check_grads
 
 from nst_jax import vgg
 from nst_jax.errors import ConfigError
@@ -73,3 +74,50 @@ def test_unknown_layer_suggests_closest():
 def test_min_image_size():
     assert vgg.min_image_size(("relu1_1",)) == 2
     assert vgg.min_image_size(("relu4_2", "relu5_1")) == 32
+
+
+@pytest.mark.parametrize("kernel_size,padding", [
+    (3, ((1, 1), (1, 1))),  # VGG-19 'same' zero padding
+    (3, ((0, 0), (0, 0))),  # after reflection padding (AdaIN)
+    (1, ((0, 0), (0, 0))),  # AdaIN's 1x1 preprocess conv
+    (3, ((1, 0), (2, 1))),  # asymmetric
+])
+def test_conv2d_gradients_equal_lax(kernel_size, padding):
+    """The custom VJP gives JAX's own input and kernel gradients (independent reference: lax's rule)."""
+    kx, kk, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (2, 7, 6, 3))
+    kernel = jax.random.normal(kk, (kernel_size, kernel_size, 3, 5))
+
+    def reference(x, k):
+        return jax.lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    y, vjp = jax.vjp(lambda x, k: vgg.conv2d(x, k, padding), x, kernel)
+    y_ref, vjp_ref = jax.vjp(reference, x, kernel)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+    g = jax.random.normal(kg, y.shape)
+    for got, want in zip(vjp(g), vjp_ref(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        check_grads(lambda x, k: vgg.conv2d(x, k, padding), (np.asarray(x, np.float64), np.asarray(kernel, np.float64)),
+                    order=2, modes=("rev",), eps=1e-4, atol=1e-4, rtol=1e-4)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="inspects XLA:CPU's lowering")
+def test_backward_convolutions_in_a_loop_keep_the_library_layout(narrow_vgg19):
+    """Inside a fori_loop body, JAX's default conv transpose rule leaves a kernel reversal that
+    XLA:CPU lowers to a slow generic convolution with kernel dims ``01oi`` (about 2.5x slower at
+    256 px, measured by scripts/benchmark.py). vgg.conv2d keeps every backward conv in HWIO."""
+
+    def loss(x):
+        feats = vgg.features(narrow_vgg19, x, ("relu1_1", "relu2_1", "relu3_1"))
+        return sum(jnp.sum(f * f) for f in feats.values())
+
+    def steps(x):
+        return jax.lax.fori_loop(0, 2, lambda i, x: x - 1e-3 * jax.grad(loss)(x), x)
+
+    hlo = jax.jit(steps).lower(jnp.zeros((1, 16, 16, 3))).compile().as_text()
+    assert hlo.count(" convolution(") >= 10  # 5 forward and 5 backward convolutions
+    assert "_01oi->" not in hlo
