@@ -131,11 +131,6 @@ def init_decoder(key: Array, widths: Sequence[int] = DECODER_WIDTHS) -> dict[str
             for name, piece, (cin, cout) in zip(DECODER_LAYERS, pieces, channels)}
 
 
-def _reflect_pad(x: Array) -> Array:
-    # Reflection padding everywhere in g (report Sec. VI-B), so a 3x3 conv keeps the size.
-    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
-
-
 def _upsample(x: Array) -> Array:
     return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
@@ -150,9 +145,7 @@ def decode(params: Params, t: Array) -> Array:
     x = t
     for name in DECODER_LAYERS:
         p = params[name]
-        x = lax.conv_general_dilated(_reflect_pad(x), p["kernel"].astype(x.dtype), (1, 1), "VALID",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        x = x + p["bias"].astype(x.dtype)
+        x = vgg.conv_layer(x, p, "reflect")  # reflection padding everywhere in g (report Sec. VI-B)
         if name != DECODER_LAYERS[-1]:
             x = jax.nn.relu(x)
         if name in _UPSAMPLE_AFTER:
@@ -169,7 +162,7 @@ class Decoder(nnx.Module):
 
     def __init__(self, widths: Sequence[int] = DECODER_WIDTHS, *, rngs: nnx.Rngs):
         for name, (cin, cout) in zip(DECODER_LAYERS, _layer_channels(widths)):
-            # VALID padding: the reflection padding is applied explicitly in __call__.
+            # The nnx.Conv holds the parameters; __call__ applies them with reflection padding.
             setattr(self, name, nnx.Conv(cin, cout, kernel_size=(3, 3), padding="VALID",
                                          kernel_init=_KERNEL_INIT,
                                          bias_init=jax.nn.initializers.zeros, rngs=rngs))
@@ -177,7 +170,8 @@ class Decoder(nnx.Module):
     def __call__(self, t: Array) -> Array:
         x = t
         for name in DECODER_LAYERS:
-            x = getattr(self, name)(_reflect_pad(x))
+            conv = getattr(self, name)
+            x = vgg.conv_layer(x, {"kernel": conv.kernel[...], "bias": conv.bias[...]}, "reflect")
             if name != DECODER_LAYERS[-1]:
                 x = jax.nn.relu(x)
             if name in _UPSAMPLE_AFTER:

@@ -262,7 +262,7 @@ def _tile_features(params, window: Array, tile: _Tile, grid: TileGrid, config: g
         for name in names:
             if name.startswith("conv"):
                 m = _mask(grid, tile.window, win_r >> level, win_c >> level, level, x.dtype)
-                x = vgg._conv(x * m, params[name], "zero")
+                x = vgg.conv_layer(x * m, params[name], "zero")
             elif name.startswith("relu"):
                 x = jax.nn.relu(x)
             else:

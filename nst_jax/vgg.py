@@ -132,12 +132,23 @@ def _conv2d_bwd(padding, residuals, g):
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)  # HWIO of the transposed convolution
     full = ((kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right))
     dx = lax.conv_general_dilated(g, flipped, (1, 1), full, dimension_numbers=_DIMS)
-    # The kernel gradient (AdaIN decoder training) keeps JAX's rule; XLA drops it, and with it the
-    # saved input, when only the image gradient is used.
-    _, kernel_vjp = jax.vjp(lambda k: lax.conv_general_dilated(x, k, (1, 1), padding, dimension_numbers=_DIMS),
-                            kernel)
-    (dk,) = kernel_vjp(g)
-    return dx, dk
+    return dx, _kernel_grad(x, g, kernel.shape, padding)
+
+
+def _kernel_grad(x: Array, g: Array, shape: tuple[int, ...], padding: Padding) -> Array:
+    """dK[a, b] = sum over n, h, w of pad(x)[n, h + a, w + b] (outer) g[n, h, w]: one matmul per tap.
+
+    JAX's rule expresses this as a convolution whose window is the whole image, which XLA:CPU runs
+    about 6x slower than these kh*kw matmuls (AdaIN decoder training; scripts/benchmark.py, section
+    conv). XLA drops it, and with it the saved input, when only the image gradient is used (Gatys).
+    """
+    kh, kw, cin, cout = shape
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    ho, wo = g.shape[1:3]
+    g2 = g.reshape(-1, cout)
+    taps = [jnp.matmul(xp[:, a: a + ho, b: b + wo].reshape(-1, cin).T, g2, precision=lax.Precision.HIGHEST)
+            for a in range(kh) for b in range(kw)]
+    return jnp.stack(taps).reshape(kh, kw, cin, cout)
 
 
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
@@ -148,13 +159,20 @@ def same_padding(kernel: Array) -> Padding:
     return (kh // 2, kh // 2), (kw // 2, kw // 2)
 
 
-def _conv(x: Array, p: Mapping[str, Array], padding: str) -> Array:
+def conv_layer(x: Array, p: Mapping[str, Array], padding: str) -> Array:
+    """A 'same'-size conv layer, ``x * kernel + bias``, with "zero" or "reflect" border padding."""
     kernel = p["kernel"].astype(x.dtype)
     pad = same_padding(kernel)
-    if padding == "reflect" and any(sum(side) for side in pad):
+    (ph, _), (pw, _) = pad
+    if padding == "reflect" and (ph or pw):
+        # Reflect-pad, then convolve with zero padding as well and crop the border back off: XLA:CPU
+        # runs unpadded ("VALID") convolutions about 4x slower than padded ones of the same size,
+        # and the 3% of extra positions cost far less (scripts/benchmark.py, section conv).
         x = jnp.pad(x, ((0, 0), *pad, (0, 0)), mode="reflect")
-        pad = ((0, 0), (0, 0))
-    return conv2d(x, kernel, pad) + p["bias"].astype(x.dtype)
+        y = conv2d(x, kernel, pad)[:, ph: x.shape[1] - ph, pw: x.shape[2] - pw]
+    else:
+        y = conv2d(x, kernel, pad)
+    return y + p["bias"].astype(x.dtype)
 
 
 def _pool(x: Array, pooling: str, ceil: bool) -> Array:
@@ -204,7 +222,7 @@ def features(
     if network.input_norm == "imagenet":
         x = normalize(image.astype(jnp.float32))
     else:
-        x = _conv(image.astype(jnp.float32), params["preprocess"], "zero")
+        x = conv_layer(image.astype(jnp.float32), params["preprocess"], "zero")
     x = x.astype(dtype)
 
     def block(x, names):
@@ -212,7 +230,7 @@ def features(
         for name in names:
             kind = name[:4]
             if kind == "conv":
-                x = _conv(x, params[name], network.padding)
+                x = conv_layer(x, params[name], network.padding)
             elif kind == "relu":
                 x = jax.nn.relu(x)
             else:
