@@ -23,9 +23,27 @@ def gram(features: Array, *, normalize: bool = False) -> Array:
       (N, C, C) Gram matrices, float32.
     """
     n, h, w, c = features.shape
-    f = features.reshape(n, h * w, c).astype(jnp.float32)
-    g = jnp.einsum("nmi,nmj->nij", f, f, precision=jax.lax.Precision.HIGHEST)
+    g = _gram(features.reshape(n, h * w, c).astype(jnp.float32))
     return g / (h * w) if normalize else g
+
+
+@jax.custom_vjp
+def _gram(f: Array) -> Array:
+    """F^T F per batch element for (N, M, C) features."""
+    return jnp.einsum("nmi,nmj->nij", f, f, precision=jax.lax.Precision.HIGHEST)
+
+
+def _gram_fwd(f):
+    return _gram(f), f
+
+
+def _gram_bwd(f, dg):
+    # d(F^T F) = F (dG + dG^T) as one matmul; JAX's rule makes two, plus transposed copies, which
+    # cost XLA:CPU about 2.5x more (scripts/benchmark.py, section conv).
+    return (jnp.einsum("nmi,nij->nmj", f, dg + jnp.swapaxes(dg, 1, 2), precision=jax.lax.Precision.HIGHEST),)
+
+
+_gram.defvjp(_gram_fwd, _gram_bwd)
 
 
 def content_loss(target: Array, features: Array) -> Array:
@@ -67,8 +85,7 @@ def masked_gram(features: Array, mask: Array) -> Array:
     n, h, w, c = features.shape
     mask = jnp.broadcast_to(mask, (n, h, w)).astype(jnp.float32)
     f = features.astype(jnp.float32) * mask[..., None]
-    f = f.reshape(n, h * w, c)
-    g = jnp.einsum("nmi,nmj->nij", f, f, precision=jax.lax.Precision.HIGHEST)
+    g = _gram(f.reshape(n, h * w, c))
     denom = jnp.maximum(jnp.sum(mask * mask, axis=(1, 2)), 1e-8)
     return g / denom[:, None, None]
 

@@ -121,3 +121,23 @@ def test_backward_convolutions_in_a_loop_keep_the_library_layout(narrow_vgg19):
     hlo = jax.jit(steps).lower(jnp.zeros((1, 16, 16, 3))).compile().as_text()
     assert hlo.count(" convolution(") >= 10  # 5 forward and 5 backward convolutions
     assert "_01oi->" not in hlo
+
+
+@pytest.mark.parametrize("shape,ceil", [((2, 8, 6, 3), False), ((1, 7, 9, 4), False), ((1, 7, 9, 4), True),
+                                        ((1, 6, 5, 2), True)])
+def test_max_pool_gradient_equals_select_and_scatter(shape, ceil):
+    """Independent reference: lax.reduce_window's own gradient, ties included (first maximum wins)."""
+    x = jax.random.normal(jax.random.key(1), shape)
+    x = x.at[0, :4, :4].set(0.5)  # a flat patch: every window there is a 4-way tie
+    x = x.at[0, 4:, :2].set(jnp.round(x[0, 4:, :2]))  # more ties, at 0 and +-1
+
+    def reference(x):
+        h, w = x.shape[1:3]
+        pad = ((0, 0), (0, h % 2 if ceil else 0), (0, w % 2 if ceil else 0), (0, 0))
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), pad)
+
+    y, vjp = jax.vjp(lambda x: vgg.max_pool(x, ceil), x)
+    y_ref, vjp_ref = jax.vjp(reference, x)
+    np.testing.assert_array_equal(y, y_ref)
+    g = jax.random.normal(jax.random.key(2), y.shape)
+    np.testing.assert_array_equal(vjp(g)[0], vjp_ref(g)[0])
