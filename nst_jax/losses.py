@@ -39,7 +39,7 @@ def _gram_fwd(f):
 
 def _gram_bwd(f, dg):
     # d(F^T F) = F (dG + dG^T) as one matmul; JAX's rule makes two, plus transposed copies, which
-    # cost XLA:CPU about 2.5x more (scripts/benchmark.py, section conv).
+    # cost XLA:CPU about 2.5x more (scripts/benchmark.py, section ops).
     return (jnp.einsum("nmi,nij->nmj", f, dg + jnp.swapaxes(dg, 1, 2), precision=jax.lax.Precision.HIGHEST),)
 
 

@@ -116,7 +116,7 @@ def conv2d(x: Array, kernel: Array, padding: Padding) -> Array:
     convolution (kernel dims ``01oi``) to a generic loop nest about 2.5x slower than its library
     convolution. Here the input gradient is an ordinary convolution with the kernel flipped and
     transposed to HWIO first, which stays on the fast path in and out of loops (measured in
-    ``scripts/benchmark.py``, section ``conv``).
+    ``scripts/benchmark.py``, section ``ops``).
     """
     return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_DIMS)
 
@@ -140,7 +140,7 @@ def _kernel_grad(x: Array, g: Array, shape: tuple[int, ...], padding: Padding) -
 
     JAX's rule expresses this as a convolution whose window is the whole image, which XLA:CPU runs
     about 6x slower than these kh*kw matmuls (AdaIN decoder training; scripts/benchmark.py, section
-    conv). XLA drops it, and with it the saved input, when only the image gradient is used (Gatys).
+    ops). XLA drops it, and with it the saved input, when only the image gradient is used (Gatys).
     """
     kh, kw, cin, cout = shape
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
@@ -167,7 +167,7 @@ def conv_layer(x: Array, p: Mapping[str, Array], padding: str) -> Array:
     if padding == "reflect" and (ph or pw):
         # Reflect-pad, then convolve with zero padding as well and crop the border back off: XLA:CPU
         # runs unpadded ("VALID") convolutions about 4x slower than padded ones of the same size,
-        # and the 3% of extra positions cost far less (scripts/benchmark.py, section conv).
+        # and the 3% of extra positions cost far less (scripts/benchmark.py, section ops).
         x = jnp.pad(x, ((0, 0), *pad, (0, 0)), mode="reflect")
         y = conv2d(x, kernel, pad)[:, ph: x.shape[1] - ph, pw: x.shape[2] - pw]
     else:
@@ -188,7 +188,7 @@ def max_pool(x: Array, ceil: bool = False) -> Array:
     The gradient goes to the first maximum of each window in row-major order, as
     ``lax.reduce_window``'s own rule (select-and-scatter), but is computed with a reshape and
     comparisons: XLA:CPU's select-and-scatter took about 13% of a Gatys evaluation at 256 px
-    (scripts/benchmark.py, section conv).
+    (scripts/benchmark.py, section ops).
     """
     return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), _pool_pad(x, ceil))
 

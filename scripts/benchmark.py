@@ -62,7 +62,7 @@ QUICK_WIDTHS = {1: 8, 2: 16, 3: 16, 4: 32, 5: 32}
 # The issue's goals: JAX time / PyTorch time (and final-loss ratio) must not exceed these.
 GOALS = {"gatys_s_per_iter": 0.8, "gatys_final_loss": 1.0, "adain_latency": 1.0, "train_step": 1.0}
 VERSIONED = ("jax", "jaxlib", "flax", "optax", "jaxopt", "numpy", "torch")
-SECTIONS = ("gatys", "memory", "adain", "train")
+SECTIONS = ("gatys", "memory", "adain", "train", "ops")
 
 
 def _median(values):
@@ -640,10 +640,87 @@ def work_train(job) -> dict:
     return row
 
 
+def work_ops(job) -> dict:
+    """The custom-VJP building blocks of nst_jax against JAX's default rules, op by op.
+
+    Each row times the same computation twice: with nst_jax's op (``vgg.conv2d``, ``vgg.conv_layer``,
+    ``vgg.max_pool``, ``losses.gram``) and with the plain ``lax``/``jnp`` formulation whose gradient
+    JAX derives itself. ``ratio`` = ours / default (lower is better); the values agree (``max_rel_diff``).
+    """
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from nst_jax import losses, vgg
+
+    s, c, reps = job["size"], job["channels"], job["repeats"]
+    dims = ("NHWC", "HWIO", "NHWC")
+    same = ((1, 1), (1, 1))
+    keys = jax.random.split(jax.random.key(0), 8)
+    x = jax.nn.relu(jax.random.normal(keys[0], (1, s, s, c)))
+    kernels = [jax.random.normal(k, (3, 3, c, c)) / (3.0 * c ** 0.5) for k in keys[1:5]]
+
+    def lax_conv(x, k, pad=same):
+        return lax.conv_general_dilated(x, k, (1, 1), pad, dimension_numbers=dims)
+
+    def stack(conv):  # four conv+relu layers, loss = sum of squares
+        def loss(x):
+            for k in kernels:
+                x = jax.nn.relu(conv(x, k))
+            return jnp.sum(x * x)
+        return loss
+
+    def in_loop(loss):
+        return lambda x: lax.fori_loop(0, 4, lambda i, y: y - 1e-6 * jax.grad(loss)(y), x)
+
+    def lax_reflect(x, k):
+        return lax_conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"), k, "VALID")
+
+    def lax_pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    def lax_gram(f):
+        f = f.reshape(f.shape[0], -1, f.shape[-1])
+        return jnp.einsum("nmi,nmj->nij", f, f)
+
+    bias = {"bias": jnp.zeros((c,))}
+    kernel = kernels[0]
+    cases = [
+        ("conv stack, image gradient, 4 steps in fori_loop", in_loop(stack(lambda x, k: vgg.conv2d(x, k, same))),
+         in_loop(stack(lax_conv)), (x,)),
+        ("conv stack, image gradient, one step", jax.grad(stack(lambda x, k: vgg.conv2d(x, k, same))),
+         jax.grad(stack(lax_conv)), (x,)),
+        ("reflection-padded conv, forward", lambda x: vgg.conv_layer(x, {"kernel": kernel, **bias}, "reflect"),
+         lambda x: lax_reflect(x, kernel), (x,)),
+        ("conv kernel gradient", jax.grad(lambda k, x: jnp.sum(vgg.conv2d(x, k, same) ** 2)),
+         jax.grad(lambda k, x: jnp.sum(lax_conv(x, k) ** 2)), (kernel, x)),
+        ("max pool, gradient", jax.grad(lambda x: jnp.sum(vgg.max_pool(x) ** 2)),
+         jax.grad(lambda x: jnp.sum(lax_pool(x) ** 2)), (x,)),
+        ("Gram matrix, gradient", jax.grad(lambda f: jnp.sum(losses.gram(f) ** 2)),
+         jax.grad(lambda f: jnp.sum(lax_gram(f) ** 2)), (x,)),
+    ]
+    rows = []
+    for name, ours, default, args in cases:
+        fns = {"ours": jax.jit(ours), "default": jax.jit(default)}
+        outs = {which: jax.block_until_ready(fn(*args)) for which, fn in fns.items()}  # compiles
+        times: dict[str, list[float]] = {}
+        for _ in range(reps):  # interleaved
+            for which, fn in fns.items():
+                t0 = time.perf_counter()
+                jax.block_until_ready(fn(*args))
+                times.setdefault(which, []).append(time.perf_counter() - t0)
+        a, b = outs["ours"], outs["default"]
+        diff = float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-30))
+        rows.append({"op": name, "shape": [1, s, s, c], "ours_s": _median(times["ours"]),
+                     "default_s": _median(times["default"]),
+                     "ratio": _ratio(_median(times["ours"]), _median(times["default"])), "max_rel_diff": diff})
+    return {"rows": rows}
+
+
 WORKERS = {"machine": work_machine, "gatys": work_gatys, "gatys-memory": work_gatys_memory,
            "torch-gatys-memory": work_torch_gatys_memory, "fidelity": work_fidelity, "adain": work_adain,
            "memory-static": work_memory_static,
-           "train": work_train}
+           "train": work_train, "ops": work_ops}
 
 
 def worker_main(job_text: str) -> int:
@@ -755,7 +832,7 @@ def apply_targets(entries: list[dict], target_loss: float | None = None) -> None
 
 
 MERGE_KEYS = {"gatys": ("size", "optimizer"), "gatys_eval": ("size",), "chunks": ("size", "chunk"),
-              "adain": ("size", "batch"), "train": ("crop", "batch")}
+              "adain": ("size", "batch"), "train": ("crop", "batch"), "ops": ("op",)}
 
 
 def merge_results(base: dict, new: dict) -> dict:
@@ -834,6 +911,7 @@ def plan(args) -> dict:
         "chunk_iterations": 10 if gpu else 4, "chunk_repeats": 1, "eval_repeats": 5 if gpu else 3,
         "adain_sizes": [256, 512], "adain_batches": [1, 8], "repeats": 5 if gpu else 3,
         "train_crop": 256, "train_batch": 8, "train_steps": 5 if gpu else 3,
+        "ops_size": 256 if gpu else 128, "ops_channels": 256 if gpu else 128,
         "memory_sizes": [512, 1024] if gpu else [128, 256], "memory_iterations": 1,
         "memory_static_sizes": [512, 1024, 2048],
         # CPU compiles are slow; Adam's program is the smallest and its peak memory differs from
@@ -842,12 +920,14 @@ def plan(args) -> dict:
         "memory_variants": [list(v) for v in MEMORY_VARIANTS], "fidelity_size": 256, "widths": None,
         "budgets_gib": [4, 16, 80], "torch_threads": os.cpu_count(),
         # Full VGG-19 at 512 px takes several seconds per evaluation on a CPU: few iterations there.
-        "size_overrides": {} if gpu else {512: {"iterations": 3, "optimizers": ["lbfgs"], "eval_repeats": 2}},
+        "size_overrides": {} if gpu else {512: {"iterations": 3, "optimizers": ["lbfgs", "optax-lbfgs"],
+                                                             "eval_repeats": 2}},
     }
     if args.quick:
         # Compile time dominates tiny problems: one small program per section, no memory scan.
         p.update(sizes=[32], iterations=2, chunk=1, optimizers=["adam"], chunks=[], eval_repeats=1,
                  adain_sizes=[32], adain_batches=[1], repeats=1, train_crop=32, train_batch=2, train_steps=1,
+                 ops_size=16, ops_channels=8,
                  memory_sizes=[], memory_static_sizes=[], memory_iterations=1, fidelity_size=None,
                  widths=QUICK_WIDTHS,
                  size_overrides={}, memory_variants=[])
@@ -861,7 +941,7 @@ def plan(args) -> dict:
             p[key] = list(value) if isinstance(value, tuple) else value
             for overrides in p["size_overrides"].values():  # an explicit flag wins everywhere
                 overrides.pop(key, None)
-    p["sections"] = list(args.only or (("gatys", "adain", "train") if args.quick else SECTIONS))
+    p["sections"] = list(args.only or (("gatys", "adain", "train", "ops") if args.quick else SECTIONS))
     return p
 
 
@@ -981,6 +1061,13 @@ def run_benchmark(args, machine: dict, log) -> dict:
         if "error" not in r:
             result["train"] = [r]
         save()
+
+    if "ops" in p["sections"]:
+        log("ops: custom-VJP building blocks against JAX's default rules")
+        r = job(kind="ops", size=p["ops_size"], channels=p["ops_channels"], repeats=p["repeats"])
+        if "error" not in r:
+            result["ops"] = r["rows"]
+        save()
     return save()
 
 
@@ -1065,6 +1152,13 @@ def render_markdown(result: dict) -> str:
             lines.append(f"| {r['crop']} | {r['batch']} | {r['devices']} | {_fmt(r['step_s'])} | "
                          f"{_fmt(r['images_per_s_per_device'])} | {_fmt(r['compile_s'], '.1f')} | "
                          f"{_fmt(r.get('torch', {}).get('step_s'))} | {_fmt(r.get('ratio_step'), '.2f')} |")
+    if result.get("ops"):
+        lines += ["", "Building blocks with custom VJPs against the gradients JAX derives itself (same values; "
+                  "ratio = ours / default, interleaved runs):", "",
+                  "| op | shape | ours s | default s | ratio | max rel. diff |", "|---|---|---|---|---|---|"]
+        for r in result["ops"]:
+            lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {_fmt(r['ours_s'])} | "
+                         f"{_fmt(r['default_s'])} | {_fmt(r['ratio'], '.2f')} | {_fmt(r['max_rel_diff'], '.1e')} |")
     mem = result.get("memory", {})
     for key, title in (("static_fit", "Memory one evaluation needs (XLA buffer assignment of the compiled value "
                         "and gradient, plus the L-BFGS state), linear in pixels; largest square image per budget:"),

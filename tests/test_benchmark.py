@@ -91,6 +91,18 @@ def test_quick_adain_and_train_entries(quick):
     assert math.isclose(t["images_per_s_per_device"], t["batch"] / t["step_s"] / t["devices"])
 
 
+def test_quick_ops_agree_with_jax_default_rules(quick):
+    """Each custom-VJP op gives the values of JAX's own rule (timings are only recorded)."""
+    _, r = quick
+    ops = {row["op"]: row for row in r["ops"]}
+    assert len(ops) == 6 and any("fori_loop" in name for name in ops)
+    for row in ops.values():
+        assert row["shape"] == [1, 16, 16, 8]
+        assert row["max_rel_diff"] <= 1e-5, row
+        assert positive(row["ours_s"]) and positive(row["default_s"])
+        assert math.isclose(row["ratio"], row["ours_s"] / row["default_s"])
+
+
 @pytest.mark.slow
 def test_markdown_from_quick_json(quick):
     path, r = quick
@@ -99,6 +111,7 @@ def test_markdown_from_quick_json(quick):
     text = proc.stdout
     assert r["machine"]["versions"]["jax"] in text
     assert "| 32 | adam | 2 |" in text and "AdaIN stylization" in text and "training step" in text
+    assert "| max pool, gradient | 1x16x16x8 |" in text
 
 
 # ----------------------------------------------------------------------------------------------
