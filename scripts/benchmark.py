@@ -1042,11 +1042,12 @@ def run_benchmark(args, machine: dict, log) -> dict:
                 result["memory"]["fidelity"] = fid
         save()
 
+    w = p["widths"]
+    adain_widths = {k: w[k] for k in (1, 2, 3, 4)} if w else None  # the encoder stops at relu4_1
     if "adain" in p["sections"]:
         log("adain stylization")
-        w = p["widths"]
         r = job(kind="adain", sizes=p["adain_sizes"], batches=p["adain_batches"], repeats=p["repeats"],
-                torch=torch_on, widths={k: w[k] for k in (1, 2, 3, 4)} if w else None)
+                torch=torch_on, widths=adain_widths)
         if "error" not in r:
             result["adain"] = r["rows"]
             for row in result["adain"]:
@@ -1055,9 +1056,8 @@ def run_benchmark(args, machine: dict, log) -> dict:
 
     if "train" in p["sections"]:
         log("adain training step")
-        w = p["widths"]
         r = job(kind="train", crop=p["train_crop"], batch=p["train_batch"], steps=p["train_steps"],
-                torch=torch_on, widths={k: w[k] for k in (1, 2, 3, 4)} if w else None)
+                torch=torch_on, widths=adain_widths)
         if "error" not in r:
             result["train"] = [r]
         save()
@@ -1083,6 +1083,12 @@ def _fmt(v, spec=".3g"):
     return str(v)
 
 
+def _table(header, rows) -> list[str]:
+    """Markdown table lines: the header, its separator, one line per row (cells already formatted)."""
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows])
+
+
 def render_markdown(result: dict) -> str:
     """The README performance table: machine, versions, Gatys, AdaIN, training, memory, goals."""
     m = result["machine"]
@@ -1098,67 +1104,58 @@ def render_markdown(result: dict) -> str:
               + "Ratios are JAX / PyTorch measured interleaved in one process (lower is better).", ""]
     if result.get("gatys"):
         lines += ["Gatys (`gatys.run`, L-BFGS history 10): seconds per iteration and per evaluation, compile "
-                  "seconds, peak RSS, final loss after equal iterations.", "",
-                  "| size | optimizer | iters | s/iter | s/eval | evals/iter | compile s | recompiles | peak MB "
-                  "| final loss | torch s/iter | ratio s/iter | ratio final loss |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "seconds, peak RSS, final loss after equal iterations.", ""]
+        rows = []
         for e in result["gatys"]:
-            t = e.get("torch", {})
-            ref = t.get("adam" if e["optimizer"] == "adam" else "lbfgs", {})
-            lines.append(f"| {e['size']} | {e['optimizer']} | {e['iterations']} | {_fmt(e['s_per_iter'])} | "
-                         f"{_fmt(e['s_per_eval'])} | {_fmt(e['evals_per_iter'], '.2f')} | {_fmt(e['compile_s'], '.1f')} | "
-                         f"{e.get('recompiles_in_timed_run', '–')} | "
-                         f"{_fmt(e.get('peak_rss_mb'), '.0f')} | {_fmt(e['final_loss'], '.4g')} | "
-                         f"{_fmt(ref.get('s_per_iter'))} | {_fmt(e.get('ratio_s_per_iter'), '.2f')} | "
-                         f"{_fmt(e.get('ratio_final_loss'), '.2f')} |")
-        torch_rows = [(e["size"], k, t) for e in result["gatys"] for k, t in e.get("torch", {}).items()]
-        seen = set()
+            ref = e.get("torch", {}).get("adam" if e["optimizer"] == "adam" else "lbfgs", {})
+            rows.append((e["size"], e["optimizer"], e["iterations"], _fmt(e["s_per_iter"]), _fmt(e["s_per_eval"]),
+                         _fmt(e["evals_per_iter"], ".2f"), _fmt(e["compile_s"], ".1f"),
+                         e.get("recompiles_in_timed_run", "–"), _fmt(e.get("peak_rss_mb"), ".0f"),
+                         _fmt(e["final_loss"], ".4g"), _fmt(ref.get("s_per_iter")),
+                         _fmt(e.get("ratio_s_per_iter"), ".2f"), _fmt(e.get("ratio_final_loss"), ".2f")))
+        lines += _table(("size", "optimizer", "iters", "s/iter", "s/eval", "evals/iter", "compile s", "recompiles",
+                         "peak MB", "final loss", "torch s/iter", "ratio s/iter", "ratio final loss"), rows)
+        torch_rows: dict[tuple, dict] = {}
+        for e in result["gatys"]:  # one row per (size, variant), from the first entry that has it
+            for k, t in e.get("torch", {}).items():
+                torch_rows.setdefault((e["size"], k), t)
         if torch_rows:
-            lines += ["", "PyTorch references (`torch.optim.LBFGS(lr=1, max_iter=1)` per iteration, Adam lr 0.02):", "",
-                      "| size | torch optimizer | s/iter | s/eval | evals/iter | final loss | iters to target | s to target |",
-                      "|---|---|---|---|---|---|---|---|"]
-            for size, k, t in torch_rows:
-                if (size, k) in seen:
-                    continue
-                seen.add((size, k))
-                lines.append(f"| {size} | {k} | {_fmt(t['s_per_iter'])} | {_fmt(t['s_per_eval'])} | "
-                             f"{_fmt(t['evals_per_iter'], '.2f')} | {_fmt(t['final_loss'], '.4g')} | "
-                             f"{_fmt(t.get('iters_to_target'))} | {_fmt(t.get('s_to_target'), '.1f')} |")
+            lines += ["", "PyTorch references (`torch.optim.LBFGS(lr=1, max_iter=1)` per iteration, Adam lr 0.02):",
+                      ""]
+            lines += _table(("size", "torch optimizer", "s/iter", "s/eval", "evals/iter", "final loss",
+                             "iters to target", "s to target"),
+                            [(size, k, _fmt(t["s_per_iter"]), _fmt(t["s_per_eval"]), _fmt(t["evals_per_iter"], ".2f"),
+                              _fmt(t["final_loss"], ".4g"), _fmt(t.get("iters_to_target")),
+                              _fmt(t.get("s_to_target"), ".1f")) for (size, k), t in torch_rows.items()])
         lines += ["", "Time to the target loss (the largest final L-BFGS loss at that size, so every L-BFGS run "
-                  "reaches it), excluding compilation:", "", "| size | optimizer | target | iters | s |",
-                  "|---|---|---|---|---|"]
-        for e in result["gatys"]:
-            lines.append(f"| {e['size']} | {e['optimizer']} | {_fmt(e['target_loss'], '.4g')} | "
-                         f"{_fmt(e['iters_to_target'])} | {_fmt(e['s_to_target'], '.1f')} |")
+                  "reaches it), excluding compilation:", ""]
+        lines += _table(("size", "optimizer", "target", "iters", "s"),
+                        [(e["size"], e["optimizer"], _fmt(e["target_loss"], ".4g"), _fmt(e["iters_to_target"]),
+                          _fmt(e["s_to_target"], ".1f")) for e in result["gatys"]])
     if result.get("chunks"):
-        lines += ["", "`gatys.run(chunk=N)`: 1 = Python loop of jitted steps, N > 1 = `fori_loop` on device:", "",
-                  "| size | optimizer | chunk | iterations | s/iter | wall s |", "|---|---|---|---|---|---|"]
-        for c in result["chunks"]:
-            lines.append(f"| {c['size']} | {c['optimizer']} | {c['chunk']} | {c['iterations']} | "
-                         f"{_fmt(c['s_per_iter'])} | {_fmt(c['wall_s'], '.1f')} |")
+        lines += ["", "`gatys.run(chunk=N)`: 1 = Python loop of jitted steps, N > 1 = `fori_loop` on device:", ""]
+        lines += _table(("size", "optimizer", "chunk", "iterations", "s/iter", "wall s"),
+                        [(c["size"], c["optimizer"], c["chunk"], c["iterations"], _fmt(c["s_per_iter"]),
+                          _fmt(c["wall_s"], ".1f")) for c in result["chunks"]])
     if result.get("adain"):
-        lines += ["", "AdaIN stylization (`adain.stylize_jit`, encoder + AdaIN + decoder):", "",
-                  "| size | batch | latency s | images/s | compile s | torch latency s | ratio |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in result["adain"]:
-            lines.append(f"| {r['size']} | {r['batch']} | {_fmt(r['latency_s'])} | {_fmt(r['images_per_s'])} | "
-                         f"{_fmt(r['compile_s'], '.1f')} | {_fmt(r.get('torch', {}).get('latency_s'))} | "
-                         f"{_fmt(r.get('ratio_latency'), '.2f')} |")
+        lines += ["", "AdaIN stylization (`adain.stylize_jit`, encoder + AdaIN + decoder):", ""]
+        lines += _table(("size", "batch", "latency s", "images/s", "compile s", "torch latency s", "ratio"),
+                        [(r["size"], r["batch"], _fmt(r["latency_s"]), _fmt(r["images_per_s"]),
+                          _fmt(r["compile_s"], ".1f"), _fmt(r.get("torch", {}).get("latency_s")),
+                          _fmt(r.get("ratio_latency"), ".2f")) for r in result["adain"]])
     if result.get("train"):
-        lines += ["", "AdaIN decoder training step (Adam, batch of crops):", "",
-                  "| crop | batch | devices | step s | images/s/device | compile s | torch step s | ratio |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in result["train"]:
-            lines.append(f"| {r['crop']} | {r['batch']} | {r['devices']} | {_fmt(r['step_s'])} | "
-                         f"{_fmt(r['images_per_s_per_device'])} | {_fmt(r['compile_s'], '.1f')} | "
-                         f"{_fmt(r.get('torch', {}).get('step_s'))} | {_fmt(r.get('ratio_step'), '.2f')} |")
+        lines += ["", "AdaIN decoder training step (Adam, batch of crops):", ""]
+        lines += _table(("crop", "batch", "devices", "step s", "images/s/device", "compile s", "torch step s",
+                         "ratio"),
+                        [(r["crop"], r["batch"], r["devices"], _fmt(r["step_s"]), _fmt(r["images_per_s_per_device"]),
+                          _fmt(r["compile_s"], ".1f"), _fmt(r.get("torch", {}).get("step_s")),
+                          _fmt(r.get("ratio_step"), ".2f")) for r in result["train"]])
     if result.get("ops"):
         lines += ["", "Building blocks with custom VJPs against the gradients JAX derives itself (same values; "
-                  "ratio = ours / default, interleaved runs):", "",
-                  "| op | shape | ours s | default s | ratio | max rel. diff |", "|---|---|---|---|---|---|"]
-        for r in result["ops"]:
-            lines.append(f"| {r['op']} | {'x'.join(map(str, r['shape']))} | {_fmt(r['ours_s'])} | "
-                         f"{_fmt(r['default_s'])} | {_fmt(r['ratio'], '.2f')} | {_fmt(r['max_rel_diff'], '.1e')} |")
+                  "ratio = ours / default, interleaved runs):", ""]
+        lines += _table(("op", "shape", "ours s", "default s", "ratio", "max rel. diff"),
+                        [(r["op"], "x".join(map(str, r["shape"])), _fmt(r["ours_s"]), _fmt(r["default_s"]),
+                          _fmt(r["ratio"], ".2f"), _fmt(r["max_rel_diff"], ".1e")) for r in result["ops"]])
     mem = result.get("memory", {})
     for key, title in (("static_fit", "Memory one evaluation needs (XLA buffer assignment of the compiled value "
                         "and gradient, plus the L-BFGS state), linear in pixels; largest square image per budget:"),
@@ -1168,20 +1165,18 @@ def render_markdown(result: dict) -> str:
         if not fits or (key == "fit" and mem.get("static_fit")):
             continue  # at CPU-sized images the RSS fit is dominated by fixed costs; prefer the static one
         budgets = list(next(iter(fits.values()))["largest_side"])
-        lines += ["", title, "",
-                  "| variant | MB fixed | KB/pixel | " + " | ".join(f"{b} GiB" for b in budgets) + " |",
-                  "|---|---|---|" + "---|" * len(budgets)]
-        for name, f in fits.items():
-            lines.append(f"| {name} | {f['bytes_fixed'] / 2**20:.0f} | {f['bytes_per_pixel'] / 1024:.2f} | "
-                         + " | ".join(_fmt(f["largest_side"][b]) for b in budgets) + " |")
+        lines += ["", title, ""]
+        lines += _table(("variant", "MB fixed", "KB/pixel", *(f"{b} GiB" for b in budgets)),
+                        [(name, f"{f['bytes_fixed'] / 2**20:.0f}", f"{f['bytes_per_pixel'] / 1024:.2f}",
+                          *(_fmt(f["largest_side"][b]) for b in budgets)) for name, f in fits.items()])
     if mem.get("scan"):
         lines += ["", "Measured runs of the memory scan (peak RSS including the compiler; one-sample time per "
-                  "iteration and loss after the run, relative to float32 without remat):", "", "| size | optimizer | variant | peak RSS MB | s/iter ratio | loss rel. diff |",
-                  "|---|---|---|---|---|---|"]
-        for r in sorted(mem["scan"], key=lambda r: (r["size"], r["remat"], r["dtype"])):
-            lines.append(f"| {r['size']} | {r['optimizer']} | {_variant_name(r['remat'], r['dtype'])} | "
-                         f"{_fmt(r['peak_rss_mb'], '.0f')} | {_fmt(r.get('s_per_iter_ratio_vs_f32'), '.2f')} | "
-                         f"{_fmt(r.get('final_loss_rel_diff_vs_f32'), '.2g')} |")
+                  "iteration and loss after the run, relative to float32 without remat):", ""]
+        lines += _table(("size", "optimizer", "variant", "peak RSS MB", "s/iter ratio", "loss rel. diff"),
+                        [(r["size"], r["optimizer"], _variant_name(r["remat"], r["dtype"]),
+                          _fmt(r["peak_rss_mb"], ".0f"), _fmt(r.get("s_per_iter_ratio_vs_f32"), ".2f"),
+                          _fmt(r.get("final_loss_rel_diff_vs_f32"), ".2g"))
+                         for r in sorted(mem["scan"], key=lambda r: (r["size"], r["remat"], r["dtype"]))])
     fid = mem.get("fidelity")
     if fid:
         worst = max(fid["feature_rel_error_bf16"].values())
@@ -1190,10 +1185,10 @@ def render_markdown(result: dict) -> str:
                   f"{_fmt(fid['bf16']['grad_rel_error'], '.2g')} (cosine {_fmt(fid['bf16']['grad_cosine'], '.4f')}); "
                   f"remat loss error {_fmt(fid['remat']['loss_rel_error'], '.2g')}."]
     if result.get("goals"):
-        lines += ["", "| goal | where | JAX/PyTorch | target | met |", "|---|---|---|---|---|"]
-        for g in result["goals"]:
-            lines.append(f"| {g['goal']} | {g['where']} | {g['value']:.2f} | ≤ {g['max']} | "
-                         f"{'yes' if g['met'] else 'no'} |")
+        lines.append("")
+        lines += _table(("goal", "where", "JAX/PyTorch", "target", "met"),
+                        [(g["goal"], g["where"], f"{g['value']:.2f}", f"≤ {g['max']}", "yes" if g["met"] else "no")
+                         for g in result["goals"]])
     return "\n".join(lines) + "\n"
 
 
