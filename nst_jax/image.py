@@ -13,8 +13,11 @@ Loading (:func:`load_image`) turns every Pillow mode into sRGB:
 * Transparency (RGBA, LA, palette or colour-key transparency) is composited over white, because
   VGG features have no alpha channel and a transparent background usually means "paper".
 * 16-bit PNG and TIFF grayscale (``I;16``) is scaled by 1/65535. Pillow reads 16-bit colour PNGs as
-  8 bits, so those are decoded here (:func:`_read_png16`) to keep every bit; Adam7-interlaced ones
-  fall back to Pillow's 8-bit reading.
+  8 bits, so those are decoded here (:func:`_decode_png16`, with Pillow's own inflater and row
+  unfilter) to keep every bit, interlaced ones included.
+* A PNG must follow the chunk rules of the PNG specification (:func:`_png_layout`: one IHDR, first;
+  contiguous IDAT; IEND last; valid depth and colour type; every CRC right), so the size its header
+  declares, which :func:`image_size` reports and callers budget memory by, is what is decoded.
 * Mode ``I`` (32-bit integers) is taken as 16-bit data (0..65535) and mode ``F`` as intensities in
   [0, 1]; values outside are clipped.
 * CMYK (including Adobe's inverted CMYK JPEGs) goes through its ICC profile when one is embedded,
@@ -27,10 +30,12 @@ Every failure a user can cause raises :class:`~nst_jax.errors.InputImageError` o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import math
 import os
+import stat
 import struct
 import uuid
 import warnings
@@ -40,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError, features
+from PIL import ExifTags, Image, UnidentifiedImageError, features
 
 try:  # LittleCMS support is an optional part of a Pillow build.
     from PIL import ImageCms
@@ -128,6 +133,12 @@ def max_pixels() -> float:
 def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     """Reads an image file as upright sRGB, float32 ``(H, W, 3)`` in [0, 1].
 
+    The file is opened once, without blocking (a FIFO or device is refused before any read), its
+    header is checked against :func:`max_pixels` before any pixel is decoded, and a PNG's chunk
+    layout is validated first (see :func:`_png_layout`), so the size the header declares is the
+    size that is decoded. Peak memory is about 16 bytes per pixel on top of the file for 8-bit
+    images, whose result alone is 12.
+
     Args:
       path: the image file (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM, TGA; AVIF where Pillow has it).
       what: how messages name the file, e.g. ``"content image"``.
@@ -136,19 +147,21 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
       The decoded pixels; see the module docstring for how modes, profiles and alpha are handled.
 
     Raises:
-      InputImageError: the path is missing, a folder, empty, unreadable, not an image, truncated
-        or corrupt, larger than :func:`max_pixels`, or in a mode that cannot be turned into RGB.
+      InputImageError: the path is missing, a folder or not a regular file, empty, unreadable, not
+        an image, truncated or corrupt, larger than :func:`max_pixels`, or in a mode that cannot be
+        turned into RGB.
     """
     path = Path(path)
-    _check_input_file(path, what)
-    with _reading(path, what), Image.open(path, formats=_READ_FORMATS) as im:
-        png16 = _png16_header(path) if im.format == "PNG" else None
-        if png16 is not None:
-            rgb = _load_png16(path.read_bytes(), im.info)
+    with _reading(path, what), _open_input(path, what) as f, \
+            Image.open(f, formats=_READ_FORMATS) as im:
+        layout = _png_layout(f, keep_idat=True) if im.format == "PNG" else None
+        orientation = _orientation(im, layout)
+        if layout is not None and layout.depth == 16 and layout.ctype in _PNG16_CHANNELS:
+            color, alpha = _decode_png16(layout, im.info)
         else:
             im.load()  # decode everything now, so a truncated file fails here
-            rgb = _pil_to_rgb(ImageOps.exif_transpose(im))
-    return rgb
+            color, alpha = _pil_to_float(im)
+    return _finish(color, alpha, orientation)
 
 
 def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
@@ -156,17 +169,19 @@ def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
 
     EXIF orientations that turn the picture by 90 degrees swap the stored sides, as
     :func:`load_image` does. Lets a caller check every input (and the memory a job will need)
-    before any expensive work.
+    before any expensive work. A PNG's chunks are read (not inflated) to find the one IHDR and
+    the EXIF chunk wherever it is, with the same rules :func:`load_image` applies.
 
     Raises:
-      InputImageError: as :func:`load_image`, except that a truncated pixel stream may only be
-        found by decoding (a PNG is decoded here: its EXIF chunk may follow the pixels).
+      InputImageError: as :func:`load_image`, except that a damaged pixel stream is only found by
+        decoding.
     """
     path = Path(path)
-    _check_input_file(path, what)
-    with _reading(path, what), Image.open(path, formats=_READ_FORMATS) as im:
+    with _reading(path, what), _open_input(path, what) as f, \
+            Image.open(f, formats=_READ_FORMATS) as im:
+        layout = _png_layout(f, keep_idat=False) if im.format == "PNG" else None
         width, height = im.size
-        if im.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):
+        if _orientation(im, layout) in (5, 6, 7, 8):
             width, height = height, width
     return height, width
 
@@ -208,17 +223,42 @@ def _reading(path: Path, what: str) -> Iterator[None]:
             "re-download it") from None
 
 
-def _check_input_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputImageError(f"{what} not found: {path}; check the path and spelling")
-    if path.is_dir():
+@contextlib.contextmanager
+def _open_input(path: Path, what: str) -> Iterator[io.BufferedReader]:
+    """Opens an input image for reading, refusing anything that is not a non-empty regular file.
+
+    The path is checked with ``stat`` first, so a FIFO, socket or device is never opened (opening
+    a FIFO for reading blocks until a writer appears). The open itself is non-blocking and the
+    opened file is checked again, in case the path was swapped in between.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputImageError(f"{what} not found: {path}; check the path and spelling") from None
+    except PermissionError:
+        raise
+    except OSError as err:  # ELOOP, ENAMETOOLONG...
+        raise InputImageError(f"cannot read {what}: {path} ({err.strerror or _one_line(err)}); "
+                              "check the path") from None
+    _check_mode(mode, path, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        _check_mode(info.st_mode, path, what)
+        if info.st_size == 0:
+            raise InputImageError(f"{what} is an empty file (0 bytes): {path}; re-export or "
+                                  "re-download it")
+        yield f
+
+
+def _check_mode(mode: int, path: Path, what: str) -> None:
+    if stat.S_ISDIR(mode):
         raise InputImageError(f"{what} is a folder, not an image file: {path}; pass one image "
                               "file inside it")
-    if not path.is_file():
-        raise InputImageError(f"{what} is not a regular file: {path}; pass an image file")
-    if path.stat().st_size == 0:
-        raise InputImageError(f"{what} is an empty file (0 bytes): {path}; re-export or "
-                              "re-download it")
+    if not stat.S_ISREG(mode):
+        raise InputImageError(f"{what} is not a regular file (a pipe, socket or device): {path}; "
+                              "pass an image file")
 
 
 def _one_line(err: BaseException) -> str:
@@ -234,52 +274,80 @@ def _pixels_of(err: BaseException) -> str:
     return _one_line(err)
 
 
-_HIGH_DEPTH_GRAY = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0,
-                    "I": 65535.0, "F": 1.0}
+# Exact float32 value of every 8-bit and 16-bit sample (v / 255, v / 65535 rounded once):
+# indexing a table converts an image with one allocation, the size of the result.
+_UNIT8 = (np.arange(256) / 255.0).astype(np.float32)
+_UNIT16 = (np.arange(65536) / 65535.0).astype(np.float32)
+
+_GRAY16 = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
-def _pil_to_rgb(im: Image.Image) -> np.ndarray:
-    """Converts a decoded, upright Pillow image of any mode to float32 sRGB over white."""
+def _pil_to_float(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """Converts a decoded Pillow image of any mode to float32 sRGB (H, W, 1|3) and alpha (H, W).
+
+    The Pillow image is closed once its pixels are copied out, so its buffer and the float
+    result are not both alive.
+    """
     icc = im.info.get("icc_profile")
+    if im.mode in _GRAY16 or im.mode in ("I", "F"):
+        raw = np.asarray(im)
+        im.close()
+        if im.mode == "F":
+            if not np.all(np.isfinite(raw)):
+                raise _CorruptImage("the image holds NaN or infinite values")
+            gray = np.clip(raw, 0.0, 1.0, dtype=np.float32)
+        elif im.mode == "I":  # 32-bit integers taken as 16-bit data; values outside are clipped
+            gray = _UNIT16[np.clip(raw, 0, 65535)]
+        else:
+            gray = _UNIT16[raw.astype(np.uint16, copy=False)]
+        return _apply_profile_float(gray[..., None], icc), None
     alpha = None
-    if im.mode in _HIGH_DEPTH_GRAY:
-        gray = np.asarray(im).astype(np.float64) / _HIGH_DEPTH_GRAY[im.mode]
-        if not np.all(np.isfinite(gray)):
-            raise _CorruptImage("the image holds NaN or infinite values")
-        gray = np.clip(gray, 0.0, 1.0)[..., None]
-        color = _apply_profile_float(gray, icc)
+    if im.mode in ("LA", "La") or (im.mode in ("1", "L") and im.has_transparency_data):
+        la = np.asarray(im.convert("LA"))
+        base, alpha = la[..., :1], la[..., 1]
+    elif im.has_transparency_data:  # RGBA, RGBa, PA, P or RGB with a transparent colour
+        rgba = np.asarray(im.convert("RGBA"))
+        base, alpha = rgba[..., :3], rgba[..., 3]
+    elif im.mode in ("L", "RGB", "CMYK"):
+        base = im
+    elif im.mode == "1":
+        base = im.convert("L")
+    else:  # P, RGBX, YCbCr, LAB, HSV
+        try:
+            base = im.convert("RGB")
+        except ValueError:
+            raise _UnsupportedMode(im.mode) from None
+    if isinstance(base, Image.Image):
+        base = np.asarray(_apply_profile(base, icc))
     else:
-        if im.mode in ("LA", "La") or (im.mode in ("1", "L") and im.has_transparency_data):
-            la = im.convert("LA")
-            base, alpha = la.getchannel("L"), la.getchannel("A")
-        elif im.has_transparency_data:  # RGBA, RGBa, PA, P or RGB with a transparent colour
-            rgba = im.convert("RGBA")
-            base, alpha = rgba.convert("RGB"), rgba.getchannel("A")
-        elif im.mode in ("L", "RGB", "CMYK"):
-            base = im
-        elif im.mode == "1":
-            base = im.convert("L")
-        else:  # P, RGBX, YCbCr, LAB, HSV
-            try:
-                base = im.convert("RGB")
-            except ValueError:
-                raise _UnsupportedMode(im.mode) from None
-        color = np.asarray(_apply_profile(base, icc), dtype=np.float64) / 255.0
-        if color.ndim == 2:
-            color = color[..., None]
-        if alpha is not None:
-            alpha = np.asarray(alpha, dtype=np.float64) / 255.0
-    return _finish(color, alpha)
+        mode = "L" if base.shape[-1] == 1 else "RGB"
+        if _source_profile(icc, mode) is not None:
+            base = np.asarray(_apply_profile(Image.fromarray(base[..., 0] if mode == "L" else base),
+                                             icc))
+    im.close()
+    color = _UNIT8[base]
+    if color.ndim == 2:
+        color = color[..., None]
+    return color, None if alpha is None else _UNIT8[alpha]
 
 
-def _finish(color: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """Composites ``color`` (H, W, 1|3) over white with ``alpha`` (H, W) and returns float32 RGB."""
-    if color.shape[-1] == 1:
-        color = np.repeat(color, 3, axis=-1)
+def _finish(color: np.ndarray, alpha: np.ndarray | None, orientation: int | None = None
+            ) -> np.ndarray:
+    """Makes float32 RGB from ``color`` (H, W, 1|3) over white with ``alpha`` (H, W), upright.
+
+    ``color`` and ``alpha`` are fresh arrays (this may work in place on them); ``orientation`` is
+    an EXIF orientation, applied as a view before the one copy into the result.
+    """
+    turn = _EXIF_TRANSPOSE.get(orientation, lambda a: a)
+    color = turn(color)
     if alpha is not None:
-        a = alpha[..., None]
-        color = color * a + (1.0 - a)
-    return np.ascontiguousarray(np.clip(color, 0.0, 1.0), dtype=np.float32)
+        color = color if color.shape[-1] == 3 else np.repeat(color, 3, axis=-1)
+        a = turn(alpha[..., None])
+        color *= a
+        color += 1.0 - a
+    out = np.empty(color.shape[:2] + (3,), np.float32)
+    np.clip(color, 0.0, 1.0, out=out)  # broadcasts one gray channel to three
+    return out
 
 
 @functools.cache
@@ -328,13 +396,23 @@ def _apply_profile_float(color: np.ndarray, icc: bytes | None) -> np.ndarray:
     mode = "L" if color.shape[-1] == 1 else "RGB"
     if _source_profile(icc, mode) is None:
         return color
-    as8 = np.round(color * 255.0).astype(np.uint8)
+    as8 = np.round(np.clip(color, 0.0, 1.0) * 255.0).astype(np.uint8)
     im = Image.fromarray(as8[..., 0] if mode == "L" else as8)
-    out = np.asarray(_apply_profile(im, icc), dtype=np.float64) / 255.0
+    out = _UNIT8[np.asarray(_apply_profile(im, icc))]
     return out if out.ndim == 3 else out[..., None]
 
 
-# ----- 16-bit colour PNG (Pillow keeps only the high byte of each sample) ---------------------
+# ----- PNG chunk layout and 16-bit colour PNG --------------------------------------------------
+
+# PNG colour type -> allowed bit depths (PNG spec, table 11.1).
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+# Colour type -> exact tRNS length (palette images: at most one entry per palette colour).
+_PNG_TRNS = {0: 2, 2: 6}
+# Ancillary chunks that may appear at most once (PNG spec, table 5.3).
+_PNG_ONCE = (b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB", b"bKGD", b"hIST", b"tRNS", b"pHYs",
+             b"tIME", b"eXIf", b"acTL", b"cICP", b"mDCV", b"cLLI")
+_PNG_MAX_SIDE = 2**31 - 1
+_PNG_BLOCK = 1 << 20
 
 # PNG colour type -> channel count, for the 16-bit types Pillow reduces to 8 bits.
 _PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}
@@ -350,111 +428,176 @@ _EXIF_TRANSPOSE = {  # EXIF orientation -> how to make an (H, W, C) array uprigh
 }
 
 
-def _png16_header(path: Path) -> tuple[int, int] | None:
-    """Returns (colour type, interlace) for a non-interlaced 16-bit colour PNG, else None."""
-    with open(path, "rb") as f:
-        head = f.read(29)
-    if len(head) < 29 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
-        return None
-    depth, ctype, interlace = head[24], head[25], head[28]
-    if depth != 16 or ctype not in _PNG16_CHANNELS or interlace != 0:
-        return None
-    return ctype, interlace
+@dataclasses.dataclass(frozen=True)
+class _PngLayout:
+    """What the chunks of a valid PNG declare (IHDR fields and the chunks this module reads)."""
+
+    width: int
+    height: int
+    depth: int
+    ctype: int
+    interlace: int
+    exif: bytes | None
+    trns: bytes | None
+    idat: bytes | None  # the concatenated image data, when asked for
 
 
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    pos = len(_PNG_SIGNATURE)
-    while True:
-        if pos + 8 > len(data):
-            raise _CorruptImage("PNG ends before its IEND chunk")
-        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + length]
-        crc = data[pos + 8 + length:pos + 12 + length]
-        if len(body) != length or len(crc) != 4:
-            raise _CorruptImage(f"PNG chunk {kind!r} is cut short")
-        if struct.unpack(">I", crc)[0] != zlib.crc32(kind + body) & 0xFFFFFFFF:
-            raise _CorruptImage(f"PNG chunk {kind!r} fails its CRC check")
-        yield kind, body
-        if kind == b"IEND":
-            return
-        pos += 12 + length
+def _png_layout(f, keep_idat: bool) -> _PngLayout:
+    """Reads every chunk of a PNG and refuses one that breaks the chunk rules of the PNG spec.
 
+    Exactly one IHDR, first, with a valid size (1 .. 2**31-1 per side) and a valid combination of
+    bit depth, colour type, compression, filter and interlace method; a PLTE (once, before the
+    image data) exactly when the colour type needs one; IDAT chunks one after the other; IEND
+    last and empty; no unknown critical chunk; no ancillary chunk the spec allows once repeated;
+    every CRC right. Bytes after IEND are ignored, as every decoder does.
 
-def _read_png16(data: bytes) -> tuple[np.ndarray, dict]:
-    """Decodes a non-interlaced 16-bit colour PNG to uint16 (H, W, C) plus eXIf/iCCP/tRNS."""
-    ihdr, idat, extra = None, [], {}
-    for kind, body in _png_chunks(data):
-        if kind == b"IHDR":
-            ihdr = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind in (b"eXIf", b"tRNS"):
-            extra[kind.decode()] = body
-    if ihdr is None or not idat:
-        raise _CorruptImage("PNG has no IHDR or no image data")
-    width, height, _, ctype, _, _, _ = ihdr
-    channels = _PNG16_CHANNELS[ctype]
-    bpp = 2 * channels
-    expected = height * (1 + width * bpp)
-    stream = zlib.decompressobj()
-    # Inflate at most one byte more than the header allows: a small file must not be able to
-    # expand into gigabytes (a zip bomb in IDAT) before its size is checked.
-    raw = stream.decompress(b"".join(idat), expected + 1)
-    if len(raw) > expected:
-        raise _CorruptImage("PNG image data is longer than its header says")
-    if not stream.eof or len(raw) != expected:
-        raise _CorruptImage("PNG image data is truncated")
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + width * bpp)
-    kinds = rows[:, 0]
-    if kinds.max(initial=0) > 4:
-        raise _CorruptImage("PNG uses an unknown row filter")
-    pixels = _unfilter(kinds, rows[:, 1:].reshape(height, width, bpp))
-    return pixels.view(">u2").reshape(height, width, channels).astype(np.uint16), extra
+    Pillow parses the header again when it opens the file; with one IHDR it cannot read another
+    size than the one checked here. The file is read in blocks of at most a megabyte, and image
+    data is kept only when ``keep_idat``.
 
-
-def _unfilter(kinds: np.ndarray, filtered: np.ndarray) -> np.ndarray:
-    """Reverses PNG row filters (PNG spec section 9) along anti-diagonals.
-
-    Pixel (y, x) depends on its left, upper and upper-left neighbours, so all pixels with the same
-    y + x can be reconstructed at once: H + W - 1 vectorised steps instead of H * W Python ones.
+    Raises:
+      _CorruptImage: the first rule broken.
     """
-    height, width, bpp = filtered.shape
-    # One row and one column of zeros in front stand for the "outside the image" neighbours.
-    out = np.zeros((height + 1, width + 1, bpp), np.int16)
-    filt = filtered.astype(np.int16)
-    kind = kinds.astype(np.int16)
-    for d in range(height + width - 1):
-        ys = np.arange(max(0, d - width + 1), min(height, d + 1))
-        xs = d - ys
-        a, b, c = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]
-        k = kind[ys][:, None]
-        p = a + b - c
-        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-        pred = np.select([k == 1, k == 2, k == 3, k == 4], [a, b, (a + b) >> 1, paeth], 0)
-        out[ys + 1, xs + 1] = (filt[ys, xs] + pred) & 0xFF
-    return out[1:, 1:].astype(np.uint8)
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(0)
+    if f.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+        raise _CorruptImage("not a PNG signature")
+    ihdr = None
+    seen: set[bytes] = set()
+    idat: list[bytes] = []
+    in_idat = done_idat = False
+    exif = trns = None
+    while True:
+        head = f.read(8)
+        if len(head) < 8:
+            raise _CorruptImage("PNG ends before its IEND chunk")
+        length, kind = struct.unpack(">I4s", head)
+        if not kind.isalpha() or not kind.isascii():
+            raise _CorruptImage(f"PNG chunk type {kind!r} is not four letters")
+        if length > _PNG_MAX_SIDE or length + 4 > size - f.tell():
+            raise _CorruptImage(f"PNG chunk {kind.decode()} is cut short")
+        keep = kind != b"IDAT" or keep_idat
+        crc = zlib.crc32(kind)
+        parts = []
+        left = length
+        while left:
+            block = f.read(min(left, _PNG_BLOCK))
+            if not block:
+                raise _CorruptImage(f"PNG chunk {kind.decode()} is cut short")
+            crc = zlib.crc32(block, crc)
+            left -= len(block)
+            if keep:
+                parts.append(block)
+        body = b"".join(parts)
+        stored = f.read(4)
+        if len(stored) != 4:
+            raise _CorruptImage(f"PNG chunk {kind.decode()} is cut short")
+        if struct.unpack(">I", stored)[0] != crc & 0xFFFFFFFF:
+            raise _CorruptImage(f"PNG chunk {kind.decode()} fails its CRC check")
+        name = kind.decode()
+        if ihdr is None and kind != b"IHDR":
+            raise _CorruptImage(f"PNG starts with a {name} chunk instead of IHDR")
+        if kind == b"IHDR":
+            if ihdr is not None:
+                raise _CorruptImage("PNG has more than one IHDR chunk")
+            ihdr = _check_ihdr(body)
+            continue
+        if kind == b"IDAT":
+            if done_idat:
+                raise _CorruptImage("PNG image data (IDAT) is split by other chunks")
+            in_idat = True
+            if keep_idat:
+                idat.append(body)
+            continue
+        done_idat = done_idat or in_idat
+        ctype = ihdr[3]
+        if kind == b"IEND":
+            if length:
+                raise _CorruptImage("PNG IEND chunk is not empty")
+            break
+        if kind == b"PLTE":
+            if b"PLTE" in seen or done_idat:
+                raise _CorruptImage("PNG has a second PLTE chunk or one after the image data")
+            if ctype in (0, 4) or length % 3 or not 3 <= length <= 768:
+                raise _CorruptImage("PNG has an invalid PLTE chunk")
+        elif kind in _PNG_ONCE:
+            if kind in seen:
+                raise _CorruptImage(f"PNG has more than one {name} chunk")
+            if kind == b"tRNS":
+                if done_idat or ctype in (4, 6) or (ctype == 3 and b"PLTE" not in seen):
+                    raise _CorruptImage("PNG has a tRNS chunk where it is not allowed")
+                if length != _PNG_TRNS.get(ctype, length) or length > 256:
+                    raise _CorruptImage("PNG tRNS chunk has the wrong length")
+                trns = body
+            elif kind == b"eXIf":
+                exif = body
+        elif kind[0] < ord("a"):  # upper-case first letter: a critical chunk we do not know
+            raise _CorruptImage(f"PNG has an unknown critical chunk {name}")
+        seen.add(kind)
+    if not in_idat:
+        raise _CorruptImage("PNG has no image data (IDAT)")
+    width, height, depth, ctype, interlace = ihdr
+    if ctype == 3 and b"PLTE" not in seen:
+        raise _CorruptImage("palette PNG has no PLTE chunk")
+    return _PngLayout(width, height, depth, ctype, interlace, exif, trns,
+                      b"".join(idat) if keep_idat else None)
 
 
-def _load_png16(data: bytes, info: dict) -> np.ndarray:
-    samples, extra = _read_png16(data)
-    values = samples.astype(np.float64) / 65535.0
+def _check_ihdr(body: bytes) -> tuple[int, int, int, int, int]:
+    if len(body) != 13:
+        raise _CorruptImage("PNG IHDR chunk has the wrong length")
+    width, height, depth, ctype, compression, filtering, interlace = struct.unpack(">IIBBBBB", body)
+    if not (1 <= width <= _PNG_MAX_SIDE and 1 <= height <= _PNG_MAX_SIDE):
+        raise _CorruptImage(f"PNG declares an invalid size {width}x{height}")
+    if depth not in _PNG_DEPTHS.get(ctype, ()):
+        raise _CorruptImage(f"PNG declares bit depth {depth} with colour type {ctype}")
+    if compression != 0 or filtering != 0 or interlace not in (0, 1):
+        raise _CorruptImage("PNG declares an unknown compression, filter or interlace method")
+    return width, height, depth, ctype, interlace
+
+
+def _orientation(im: Image.Image, layout: _PngLayout | None) -> int | None:
+    """The EXIF orientation of an opened image; for a PNG, from its (one) eXIf chunk."""
+    if layout is None:
+        exif = im.getexif()  # header data for every other format (JPEG APP1, TIFF tags...)
+    else:
+        exif = Image.Exif()
+        if layout.exif:
+            exif.load(layout.exif)
+    orientation = exif.get(ExifTags.Base.Orientation)
+    return orientation if orientation in _EXIF_TRANSPOSE else None
+
+
+def _decode_png16(layout: _PngLayout, info: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decodes a 16-bit colour PNG to float32 colour (H, W, 1|3) and alpha (H, W), keeping 16 bits.
+
+    Pillow reads these files at 8 bits, but its C inflater and row unfilter (linear in the data,
+    Adam7 included) can deliver every byte: read once for the high bytes and once, as
+    little-endian samples, for the low ones (gray+alpha, 4 bytes a pixel, is read as raw RGBA).
+    """
+    size, interlace = (layout.width, layout.height), layout.interlace
+    if layout.ctype == 4:
+        raw = np.asarray(Image.frombytes("RGBA", size, layout.idat, "zip", "RGBA", interlace))
+        samples = raw.view(">u2")  # (H, W, 2): gray, alpha
+    else:
+        mode = "RGB" if layout.ctype == 2 else "RGBA"
+        high = np.asarray(Image.frombytes(mode, size, layout.idat, "zip", f"{mode};16B", interlace))
+        samples = high.astype(np.uint16) << 8
+        del high
+        samples |= np.asarray(Image.frombytes(mode, size, layout.idat, "zip", f"{mode};16L",
+                                              interlace))
     channels = samples.shape[-1]
     alpha = None
     if channels in (2, 4):
-        values, alpha = values[..., :-1], values[..., -1]
-    elif "tRNS" in extra and len(extra["tRNS"]) == 6:  # one fully transparent RGB colour
-        key = np.array(struct.unpack(">3H", extra["tRNS"]), np.uint16)
-        alpha = (~np.all(samples == key, axis=-1)).astype(np.float64)
-    if "eXIf" in extra:
-        exif = Image.Exif()
-        exif.load(extra["eXIf"])
-        orient = _EXIF_TRANSPOSE.get(exif.get(ExifTags.Base.Orientation))
-        if orient is not None:
-            values = orient(values)
-            alpha = orient(alpha[..., None])[..., 0] if alpha is not None else None
-    values = _apply_profile_float(values, info.get("icc_profile"))
-    return _finish(values, alpha)
+        color, alpha = _UNIT16[samples[..., :-1]], _UNIT16[samples[..., -1]]
+    else:
+        color = _UNIT16[samples]
+        if layout.trns is not None:  # one fully transparent RGB colour
+            key = np.array(struct.unpack(">3H", layout.trns), np.uint16)
+            alpha = (~np.all(samples == key, axis=-1)).astype(np.float32)
+    del samples
+    return _apply_profile_float(color, info.get("icc_profile")), alpha
 
 
 # --------------------------------------------------------------------------------------------

@@ -386,7 +386,8 @@ def test_unconvertible_mode(tmp_path, monkeypatch):
             raise ValueError("conversion from HSV to RGB not supported")
         return real_convert(self, mode, *args, **kw)
 
-    monkeypatch.setattr(nimg.ImageOps, "exif_transpose", lambda im: odd)
+    real_to_float = nimg._pil_to_float
+    monkeypatch.setattr(nimg, "_pil_to_float", lambda im: real_to_float(odd))
     monkeypatch.setattr(Image.Image, "convert", convert)
     message = _load_error(path)
     assert "pixel format HSV" in message and "re-save it as an RGB PNG" in message
