@@ -345,6 +345,9 @@ def _finish(color: np.ndarray, alpha: np.ndarray | None, orientation: int | None
         a = turn(alpha[..., None])
         color *= a
         color += 1.0 - a
+    if color.shape[-1] == 3:
+        np.clip(color, 0.0, 1.0, out=color)
+        return np.ascontiguousarray(color)  # copies only when the orientation made a view
     out = np.empty(color.shape[:2] + (3,), np.float32)
     np.clip(color, 0.0, 1.0, out=out)  # broadcasts one gray channel to three
     return out
@@ -413,6 +416,7 @@ _PNG_ONCE = (b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB", b"bKGD", b"hIST", b"tR
              b"tIME", b"eXIf", b"acTL", b"cICP", b"mDCV", b"cLLI")
 _PNG_MAX_SIDE = 2**31 - 1
 _PNG_BLOCK = 1 << 20
+_DEFLATE_MAX_RATIO = 1032  # 258 bytes from one 2-bit match code, at best
 
 # PNG colour type -> channel count, for the 16-bit types Pillow reduces to 8 bits.
 _PNG16_CHANNELS = {2: 3, 4: 2, 6: 4}
@@ -466,6 +470,7 @@ def _png_layout(f, keep_idat: bool) -> _PngLayout:
     ihdr = None
     seen: set[bytes] = set()
     idat: list[bytes] = []
+    idat_bytes = 0
     in_idat = done_idat = False
     exif = trns = None
     while True:
@@ -507,6 +512,7 @@ def _png_layout(f, keep_idat: bool) -> _PngLayout:
             if done_idat:
                 raise _CorruptImage("PNG image data (IDAT) is split by other chunks")
             in_idat = True
+            idat_bytes += length
             if keep_idat:
                 idat.append(body)
             continue
@@ -540,6 +546,12 @@ def _png_layout(f, keep_idat: bool) -> _PngLayout:
     width, height, depth, ctype, interlace = ihdr
     if ctype == 3 and b"PLTE" not in seen:
         raise _CorruptImage("palette PNG has no PLTE chunk")
+    # Deflate expands at most 1032:1, so image data this short cannot fill the declared size:
+    # refuse it before a decoder allocates (and zero-fills) the whole image.
+    row_bits = width * depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
+    if height * (1 + (row_bits + 7) // 8) > _DEFLATE_MAX_RATIO * idat_bytes + 64:
+        raise _CorruptImage(f"PNG image data ({idat_bytes} bytes) is too short for the declared "
+                            f"{width}x{height} pixels")
     return _PngLayout(width, height, depth, ctype, interlace, exif, trns,
                       b"".join(idat) if keep_idat else None)
 
