@@ -152,9 +152,7 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
         turned into RGB.
     """
     path = Path(path)
-    with _reading(path, what), _open_input(path, what) as f, \
-            Image.open(f, formats=_READ_FORMATS) as im:
-        layout = _png_layout(f, keep_idat=True) if im.format == "PNG" else None
+    with _reading(path, what), _opened(path, what, keep_idat=True) as (im, layout):
         orientation = _orientation(im, layout)
         if layout is not None and layout.depth == 16 and layout.ctype in _PNG16_CHANNELS:
             color, alpha = _decode_png16(layout, im.info)
@@ -177,9 +175,7 @@ def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
         decoding.
     """
     path = Path(path)
-    with _reading(path, what), _open_input(path, what) as f, \
-            Image.open(f, formats=_READ_FORMATS) as im:
-        layout = _png_layout(f, keep_idat=False) if im.format == "PNG" else None
+    with _reading(path, what), _opened(path, what, keep_idat=False) as (im, layout):
         width, height = im.size
         if _orientation(im, layout) in (5, 6, 7, 8):
             width, height = height, width
@@ -221,6 +217,18 @@ def _reading(path: Path, what: str) -> Iterator[None]:
         raise InputImageError(
             f"{what} is truncated or corrupt: {path} ({_one_line(err)}); re-export or "
             "re-download it") from None
+
+
+@contextlib.contextmanager
+def _opened(path: Path, what: str, keep_idat: bool) -> Iterator[tuple[Image.Image, _PngLayout | None]]:
+    """Opens an input image (header only) and, for a PNG, checks its chunk layout first."""
+    with _open_input(path, what) as f:
+        layout = None
+        if f.read(len(_PNG_SIGNATURE)) == _PNG_SIGNATURE:
+            layout = _png_layout(f, keep_idat)
+        f.seek(0)
+        with Image.open(f, formats=_READ_FORMATS) as im:
+            yield im, layout
 
 
 @contextlib.contextmanager
@@ -342,9 +350,9 @@ def _finish(color: np.ndarray, alpha: np.ndarray | None, orientation: int | None
     color = turn(color)
     if alpha is not None:
         color = color if color.shape[-1] == 3 else np.repeat(color, 3, axis=-1)
-        a = turn(alpha[..., None])
-        color *= a
-        color += 1.0 - a
+        color -= 1.0  # color * a + (1 - a), in place: 1 - a * (1 - color)
+        color *= turn(alpha[..., None])
+        color += 1.0
     if color.shape[-1] == 3:
         np.clip(color, 0.0, 1.0, out=color)
         return np.ascontiguousarray(color)  # copies only when the orientation made a view

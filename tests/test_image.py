@@ -699,3 +699,178 @@ def test_default_images_load_and_are_attributed():
     for name in (nimg.default_content_path().name, nimg.default_style_path().name):
         assert name in attribution
     assert "CC0" in attribution and "Public domain" in attribution
+
+
+# ----------------------------------------------------------------------------------------------
+# Hardening: PNG chunk rules, decoding cost, non-regular files
+
+
+def _png_with(chunks: list[bytes]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def _ihdr(w, h, depth=16, ctype=2, interlace=0) -> bytes:
+    return _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, ctype, 0, 0, interlace))
+
+
+@pytest.mark.parametrize("second_ctype", [2, 3])
+def test_png_with_a_second_ihdr_is_refused_by_both_readers(tmp_path, second_ctype):
+    # The reproduction: IHDR 8x8, then a second IHDR of 2000x2000 whose data is really there.
+    raw = b"".join(b"\x00" + bytes(2000 * 6) for _ in range(2000))
+    data = _png_with([_ihdr(8, 8), _ihdr(2000, 2000, ctype=second_ctype),
+                      _chunk(b"IDAT", zlib.compress(raw)), _chunk(b"IEND", b"")])
+    path = tmp_path / "two.png"
+    path.write_bytes(data)
+    assert "more than one IHDR" in _load_error(path)
+    with pytest.raises(InputImageError, match="more than one IHDR"):
+        nimg.image_size(path)
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("ihdr-late", "instead of IHDR"), ("idat-split", "split by other chunks"),
+    ("iend-body", "IEND chunk is not empty"), ("no-iend", "ends before its IEND"),
+    ("critical", "unknown critical chunk"), ("depth", "bit depth 16 with colour type 3"),
+    ("no-plte", "no PLTE"), ("zero", "invalid size 0x4"), ("short-data", "too short"),
+    ("two-exif", "more than one eXIf"), ("no-idat", "no image data"),
+])
+def test_png_chunk_rules(tmp_path, case, expected):
+    samples = RNG.integers(0, 65536, (4, 4, 3), dtype=np.uint16)
+    chunks = _split_png(_png16(samples, 2))  # IHDR, IDAT, IEND
+    ihdr, idat, iend = chunks
+    text = _chunk(b"tEXt", b"k\0v")
+    exif = _chunk(b"eXIf", Image.Exif().tobytes())
+    body = struct.unpack(">I", idat[:4])[0]
+    half = idat[8:8 + body // 2], idat[8 + body // 2:8 + body]
+    layouts = {
+        "ihdr-late": [text, ihdr, idat, iend],
+        "idat-split": [ihdr, _chunk(b"IDAT", half[0]), text, _chunk(b"IDAT", half[1]), iend],
+        "iend-body": [ihdr, idat, _chunk(b"IEND", b"x")],
+        "no-iend": [ihdr, idat],
+        "critical": [ihdr, _chunk(b"ABCD", b""), idat, iend],
+        "depth": [_ihdr(4, 4, 16, 3), idat, iend],
+        "no-plte": [_ihdr(4, 4, 8, 3), idat, iend],
+        "zero": [_ihdr(0, 4), idat, iend],
+        "short-data": [_ihdr(4, 400000), idat, iend],
+        "two-exif": [ihdr, exif, idat, exif, iend],
+        "no-idat": [ihdr, iend],
+    }
+    path = tmp_path / "bad.png"
+    path.write_bytes(_png_with(layouts[case]))
+    message = _load_error(path)
+    assert expected in message and "truncated or corrupt" in message
+    with pytest.raises(InputImageError, match=expected):
+        nimg.image_size(path)
+
+
+def _split_png(png: bytes) -> list[bytes]:
+    chunks, pos = [], 8
+    while pos < len(png):
+        length = struct.unpack(">I", png[pos:pos + 4])[0]
+        chunks.append(png[pos:pos + 12 + length])
+        pos += 12 + length
+    return chunks
+
+
+@pytest.mark.parametrize("shape", [(1, 100000), (100000, 1)])
+def test_png16_decoding_is_linear_for_very_wide_or_tall_images(tmp_path, shape):
+    # The reproduction: a 661-byte 1x100000 16-bit PNG with the Paeth filter took 2.9 s (one
+    # NumPy step per anti-diagonal). Filter 4 on a zero row is zero; filter 3 likewise.
+    h, w = shape
+    raw = b"".join(bytes([3 + y % 2]) + bytes(6 * w) for y in range(h))
+    path = tmp_path / "wide.png"
+    path.write_bytes(_png_with([_ihdr(w, h), _chunk(b"IDAT", zlib.compress(raw, 9)),
+                                _chunk(b"IEND", b"")]))
+    assert path.stat().st_size < 2000  # a tiny file
+    import time
+    start = time.perf_counter()
+    out = nimg.load_image(path)
+    elapsed = time.perf_counter() - start
+    assert out.shape == (h, w, 3) and not out.any()
+    assert nimg.image_size(path) == (h, w)
+    assert elapsed < 1.0  # about 10 ms; the diagonal sweep took seconds
+
+
+def _adam7(samples: np.ndarray) -> bytes:
+    """Adam7-interlaced raw data (filter 0 rows) for a 16-bit image (PNG spec section 8.2)."""
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+              (0, 1, 1, 2)]
+    out = b""
+    for x0, y0, dx, dy in passes:
+        sub = samples[y0::dy, x0::dx]
+        if sub.size:
+            for row in sub.astype(">u2"):
+                out += b"\x00" + row.tobytes()
+    return out
+
+
+def test_interlaced_png16_keeps_16_bits(tmp_path):
+    samples = RNG.integers(0, 65536, (11, 9, 4), dtype=np.uint16)
+    path = tmp_path / "adam7.png"
+    path.write_bytes(_png_with([_ihdr(9, 11, 16, 6, interlace=1),
+                                _chunk(b"IDAT", zlib.compress(_adam7(samples))),
+                                _chunk(b"IEND", b"")]))
+    values = samples / 65535.0
+    a = values[..., 3:]
+    np.testing.assert_allclose(nimg.load_image(path), values[..., :3] * a + (1 - a), atol=1e-6)
+
+
+def test_png_image_size_reads_exif_after_the_pixels_without_decoding(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    samples = RNG.integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    good = _split_png(_png16(samples.astype(np.uint16) * 257, 2))
+    # Valid chunks, but a pixel stream that does not inflate: only decoding can tell.
+    broken = _chunk(b"IDAT", b"\x78\x9c" + bytes(range(40, 90)))
+    path = tmp_path / "late-exif.png"
+    path.write_bytes(_png_with([good[0], broken, _chunk(b"eXIf", exif.tobytes()), good[2]]))
+    assert nimg.image_size(path) == (5, 3)
+    assert "truncated or corrupt" in _load_error(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_non_regular_files_are_refused_without_blocking(tmp_path, kind):
+    import threading
+
+    if kind == "fifo":
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs on this system")
+        path = tmp_path / "pipe.png"
+        os.mkfifo(path)
+    else:
+        path = Path(os.devnull)
+        if not path.exists() or path.is_file():
+            pytest.skip("no character device to try")
+    results = []
+
+    def attempt():
+        for reader in (nimg.load_image, nimg.image_size):
+            try:
+                reader(path, "style mask")
+            except InputImageError as err:
+                results.append(str(err))
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "opening a FIFO blocked"
+    assert len(results) == 2
+    for message in results:
+        assert message.startswith(f"style mask is not a regular file (a pipe, socket or device): "
+                                  f"{path}")
+
+
+def test_load_memory_per_pixel_is_bounded(tmp_path):
+    import tracemalloc
+
+    path = _save(tmp_path / "big.png", Image.fromarray(_u8(256, 384, 3)))
+    rgba = _save(tmp_path / "big-rgba.png", Image.fromarray(_u8(256, 384, 4), "RGBA"))
+    for p in (path, rgba):
+        nimg.load_image(p)  # warm up: first calls build caches
+        tracemalloc.start()
+        out = nimg.load_image(p)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        # Python's and NumPy's share (Pillow's own buffers are not traced): the float32 result
+        # is 12 bytes a pixel, the 8-bit copy 3-4 (made twice by Pillow's tobytes) and, with
+        # alpha, the float alpha 4 more. It was 60 (RGB) and 92 (RGBA) with float64 steps.
+        assert peak / out[..., 0].size < 28
