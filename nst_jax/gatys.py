@@ -940,20 +940,26 @@ def _load_inputs(args, config: GatysConfig, sizes: Sequence[int]) -> _Plan:
 
     content_path = args.content or imageio.default_content_path()
     style_paths = args.style or [imageio.default_style_path()]
-    content = imageio.load_image(content_path, what="content image")
+    # Every input is checked (missing, not a regular file, not an image, too many pixels, too
+    # small) from its header before any is decoded.
+    inputs = [("content image", content_path)] + [("style image", p) for p in style_paths]
+    if config.init == "image" and args.init_image:
+        inputs.append(("init image", args.init_image))
+    inputs += [("content mask", p) for p in args.content_mask or ()]
+    inputs += [("style mask", p) for p in args.style_mask or ()]
+    headers = [imageio.image_size(path, what) for what, path in inputs]
     min_side = vgg.min_image_size(config.layers)
     deepest = max(config.layers, key=vgg.LAYERS.index)
     # The smallest level is the one that must fit the network.
     flag = "--sizes" if len(sizes) > 1 else "--size"
-    h, w = _level_shape(content, sizes[0])
+    h, w = _level_shape(np.empty(headers[0] + (0,)), sizes[0])
     imageio.check_min_size(np.empty((h, w, 0)), min_side, "content image", layer=deepest, flag=flag)
-    styles = []
-    for path in style_paths:
-        style = imageio.load_image(path, what="style image")
-        sh, sw = _level_shape(style, max(int(round(sizes[0] * args.style_scale)), 1))
+    for hw in headers[1:1 + len(style_paths)]:
+        sh, sw = _level_shape(np.empty(hw + (0,)), max(int(round(sizes[0] * args.style_scale)), 1))
         imageio.check_min_size(np.empty((sh, sw, 0)), min_side, "style image", layer=deepest,
                                flag="--style-scale")
-        styles.append(style)
+    content = imageio.load_image(content_path, what="content image")
+    styles = [imageio.load_image(path, what="style image") for path in style_paths]
     init = None
     if config.init == "image":
         if not args.init_image:

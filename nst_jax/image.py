@@ -557,9 +557,15 @@ def _png_layout(f, keep_idat: bool) -> _PngLayout:
     # Deflate expands at most 1032:1, so image data this short cannot fill the declared size:
     # refuse it before a decoder allocates (and zero-fills) the whole image.
     row_bits = width * depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[ctype]
-    if height * (1 + (row_bits + 7) // 8) > _DEFLATE_MAX_RATIO * idat_bytes + 64:
+    raw_bytes = height * (1 + (row_bits + 7) // 8)  # Adam7 adds at most 2 filter bytes a row
+    if raw_bytes > _DEFLATE_MAX_RATIO * idat_bytes + 64:
         raise _CorruptImage(f"PNG image data ({idat_bytes} bytes) is too short for the declared "
                             f"{width}x{height} pixels")
+    # Stored (uncompressed) deflate blocks add 5 bytes per block: twice the raw size is far more
+    # than any encoder writes. More means a stream that inflates past the image (a zip bomb).
+    if idat_bytes > 2 * (raw_bytes + 2 * height) + 1024:
+        raise _CorruptImage(f"PNG image data is longer than its header says ({idat_bytes} bytes "
+                            f"compressed for {width}x{height} pixels)")
     return _PngLayout(width, height, depth, ctype, interlace, exif, trns,
                       b"".join(idat) if keep_idat else None)
 

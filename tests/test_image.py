@@ -874,3 +874,35 @@ def test_load_memory_per_pixel_is_bounded(tmp_path):
         # is 12 bytes a pixel, the 8-bit copy 3-4 (made twice by Pillow's tobytes) and, with
         # alpha, the float alpha 4 more. It was 60 (RGB) and 92 (RGBA) with float64 steps.
         assert peak / out[..., 0].size < 28
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_cli_refuses_a_fifo_style_in_one_line_before_decoding_anything(tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    content = _save(tmp_path / "content.png", Image.fromarray(_u8(64, 64, 3)))
+    os.mkfifo(tmp_path / "style.png")
+    env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [sys.executable, "-m", "nst_jax.gatys", "--content", str(content), "--style",
+         str(tmp_path / "style.png"), "--output", str(tmp_path / "out.png"), "--size", "64"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: style image is not a regular file")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["content.png", "style.png"]
+    # ru_maxrss is in KiB on Linux (bytes on macOS, where this bound is looser still).
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2 * 2**20
+
+
+def test_png_image_data_longer_than_the_header_is_refused(tmp_path):
+    # Pillow would stop inflating once the image is full; the file still contradicts its header.
+    raw = os.urandom(6 * 4 * 4 * 50)  # incompressible: 50 times what a 4x4 image holds
+    path = tmp_path / "long.png"
+    path.write_bytes(_png_with([_ihdr(4, 4), _chunk(b"IDAT", zlib.compress(raw)),
+                                _chunk(b"IEND", b"")]))
+    assert "longer than its header says" in _load_error(path)
