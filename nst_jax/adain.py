@@ -596,6 +596,18 @@ def _sized(img: np.ndarray, short_side: int) -> np.ndarray:
     return img if short_side == 0 else image_io.resize(img, short_side=short_side)
 
 
+def _decode_hw(path: pathlib.Path, short_side: int) -> tuple[int, int] | None:
+    """The size an input is resized to (from its header), so a JPEG can be decoded near it."""
+    return None if short_side == 0 else _target_hw(image_io.image_size(path), short_side)
+
+
+def _largest_content_hw(config: AdainConfig, jobs: Sequence[Job]) -> tuple[int, int] | None:
+    sizes = [_decode_hw(c, config.size) for c in dict.fromkeys(job.content for job in jobs)]
+    if not sizes or None in sizes:
+        return None
+    return max(h for h, _ in sizes), max(w for _, w in sizes)
+
+
 def _thumb(img: np.ndarray, height: int = GRID_CELL) -> np.ndarray:
     return image_io.resize(img, height=min(height, img.shape[0]))
 
@@ -663,7 +675,9 @@ def run(config: AdainConfig, jobs: Sequence[Job], grid_dir: pathlib.Path | None,
               file=sys.stderr) as bar:
         for job in jobs:
             if current[0] != job.content:
-                content = _sized(image_io.load_image(job.content, "content image"), config.size)
+                content = _sized(image_io.load_image(job.content, "content image",
+                                                     min_size=_decode_hw(job.content, config.size)),
+                                 config.size)
                 image_io.check_min_size(content, MIN_IMAGE_SIZE, "content image", ENCODER_LAYER, "--size")
                 current = (job.content, content)
                 if grid_dir is not None:
@@ -672,7 +686,12 @@ def run(config: AdainConfig, jobs: Sequence[Job], grid_dir: pathlib.Path | None,
             styles = []
             for path in job.styles:
                 if path not in styles_in:
-                    original = image_io.load_image(path, "style image")
+                    # Sampled at --style-size, or at every content's size, and as a grid thumbnail.
+                    need = (_decode_hw(path, config.style_size) if config.style_size is not None
+                            else _largest_content_hw(config, jobs))
+                    if need is not None and grid_dir is not None:
+                        need = (max(need[0], GRID_CELL), need[1])
+                    original = image_io.load_image(path, "style image", min_size=need)
                     if grid_dir is not None:
                         style_thumbs[path] = _thumb(original)
                     # Keep the resized style when its size does not depend on the content.

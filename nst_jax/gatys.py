@@ -958,19 +958,28 @@ def _load_inputs(args, config: GatysConfig, sizes: Sequence[int]) -> _Plan:
         sh, sw = _level_shape(np.empty(hw + (0,)), max(int(round(sizes[0] * args.style_scale)), 1))
         imageio.check_min_size(np.empty((sh, sw, 0)), min_side, "style image", layer=deepest,
                                flag="--style-scale")
-    content = imageio.load_image(content_path, what="content image")
-    styles = [imageio.load_image(path, what="style image") for path in style_paths]
+    # JPEGs are decoded at a reduced scale where that keeps the largest size sampled from them
+    # (the last level, the style at --style-scale); every size is still computed from the headers.
+    size_of = dict(zip((path for _, path in inputs), headers))
+    out_hw = _level_shape(np.empty(headers[0] + (0,)), sizes[-1])
+    style_height = max(int(round(sizes[-1] * args.style_scale)), 1)
+
+    def style_hw(path) -> tuple[int, int]:
+        return _level_shape(np.empty(size_of[path] + (0,)), style_height)
+
+    content = imageio.load_image(content_path, what="content image", min_size=out_hw)
+    styles = [imageio.load_image(path, what="style image", min_size=style_hw(path)) for path in style_paths]
     init = None
     if config.init == "image":
         if not args.init_image:
             raise ConfigError("--init image needs --init-image PATH")
-        init = imageio.load_image(args.init_image, what="init image")
+        init = imageio.load_image(args.init_image, what="init image", min_size=out_hw)
 
     content_masks = None
     if args.mask_colors is not None and not args.content_mask:
         raise ConfigError("--mask-colors needs --content-mask LABEL_IMAGE")
     if args.content_mask:
-        images = [imageio.load_image(p, what="content mask") for p in args.content_mask]
+        images = [imageio.load_image(p, what="content mask", min_size=out_hw) for p in args.content_mask]
         for m in images:
             _check_aspect(m, content, "the content mask")
         if len(images) == 1:
@@ -990,8 +999,8 @@ def _load_inputs(args, config: GatysConfig, sizes: Sequence[int]) -> _Plan:
             raise ConfigError(f"--style-mask has {len(args.style_mask)} masks for {len(styles)} style images; "
                               "give one per style")
         style_masks = []
-        for path, style in zip(args.style_mask, styles):
-            m = imageio.load_image(path, what="style mask")
+        for path, style_path, style in zip(args.style_mask, style_paths, styles):
+            m = imageio.load_image(path, what="style mask", min_size=style_hw(style_path))
             _check_aspect(m, style, "a style mask")
             style_masks.append(np.asarray(guides.masks_from_images([imageio.resize(m, *style.shape[:2])]))[0])
     return _Plan(content, styles, init, content_masks, style_masks)

@@ -45,7 +45,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError, features
+from PIL import ExifTags, Image, JpegImagePlugin, UnidentifiedImageError, features
 
 try:  # LittleCMS support is an optional part of a Pillow build.
     from PIL import ImageCms
@@ -130,7 +130,8 @@ def max_pixels() -> float:
     return 2 * limit if limit is not None else math.inf
 
 
-def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
+def load_image(path: str | os.PathLike, what: str = "image", *,
+               min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Reads an image file as upright sRGB, float32 ``(H, W, 3)`` in [0, 1].
 
     The file is opened once, without blocking (a FIFO or device is refused before any read), its
@@ -142,9 +143,17 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     Args:
       path: the image file (PNG, JPEG, WebP, BMP, TIFF, GIF, PPM, TGA; AVIF where Pillow has it).
       what: how messages name the file, e.g. ``"content image"``.
+      min_size: upright ``(height, width)`` of the largest image the caller will resample the
+        result to. A JPEG is then decoded at 1/2, 1/4 or 1/8 scale by the codec (Pillow's
+        ``draft``, DCT scaling) when that scale divides both sides of the file exactly and the
+        reduced image keeps at least :data:`DRAFT_MARGIN` times ``min_size`` on each side; see
+        :func:`_draft`. The result then has the source's exact aspect ratio, so a size computed
+        from its shape (:func:`size_for_height`, :func:`resize`) is the one computed from the
+        header. Other formats ignore it.
 
     Returns:
       The decoded pixels; see the module docstring for how modes, profiles and alpha are handled.
+      Their shape is the upright header size, or that divided by the draft scale.
 
     Raises:
       InputImageError: the path is missing, a folder or not a regular file, empty, unreadable, not
@@ -154,6 +163,8 @@ def load_image(path: str | os.PathLike, what: str = "image") -> np.ndarray:
     path = Path(path)
     with _reading(path, what), _opened(path, what, keep_idat=True) as (im, layout):
         orientation = _orientation(im, layout)
+        if min_size is not None:
+            _draft(im, min_size, orientation)
         if layout is not None and layout.depth == 16 and layout.ctype in _PNG16_CHANNELS:
             color, alpha = _decode_png16(layout, im.info)
         else:
@@ -180,6 +191,34 @@ def image_size(path: str | os.PathLike, what: str = "image") -> tuple[int, int]:
         if _orientation(im, layout) in (5, 6, 7, 8):
             width, height = height, width
     return height, width
+
+
+# A drafted JPEG keeps at least this many times the size it will be resampled to, so the final
+# (antialiased bicubic) resize still averages several decoded pixels per output pixel.
+DRAFT_MARGIN = 2
+
+
+def _draft(im: Image.Image, min_size: tuple[int, int], orientation: int | None) -> None:
+    """Asks the JPEG decoder for the largest whole reduction that keeps ``min_size`` (with margin).
+
+    ``min_size`` is upright; the decoder works in the file's stored orientation, so the sides are
+    swapped for EXIF orientations that turn the picture. Only scales that divide both stored sides
+    exactly are used, so the reduced image has the source's aspect ratio to the pixel.
+    """
+    if not isinstance(im, JpegImagePlugin.JpegImageFile):
+        return
+    height, width = (int(v) for v in min_size)
+    if orientation in (5, 6, 7, 8):
+        height, width = width, height
+    stored_w, stored_h = im.size
+    for scale in (8, 4, 2):
+        if (stored_w % scale == 0 and stored_h % scale == 0
+                and stored_w // scale >= DRAFT_MARGIN * width
+                and stored_h // scale >= DRAFT_MARGIN * height):
+            # Pillow picks the scale from the requested size; this size asks for exactly `scale`.
+            # The mode is the file's own (a CMYK or grayscale JPEG stays what it is).
+            im.draft(im.mode, (stored_w // scale, stored_h // scale))
+            return
 
 
 @contextlib.contextmanager

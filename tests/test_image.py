@@ -906,3 +906,108 @@ def test_png_image_data_longer_than_the_header_is_refused(tmp_path):
     path.write_bytes(_png_with([_ihdr(4, 4), _chunk(b"IDAT", zlib.compress(raw)),
                                 _chunk(b"IEND", b"")]))
     assert "longer than its header says" in _load_error(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reduced-scale JPEG decoding (load_image(min_size=...))
+
+
+def _photo_like(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Shading, waves below any target's Nyquist limit, hard-edged shapes and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    planes = []
+    for c in range(channels):
+        fx, fy, phase = rng.uniform(1, 8, 2).tolist() + [rng.uniform(0, 6)]  # cycles per image
+        v = 0.5 + 0.25 * np.sin(2 * np.pi * (fx * x + fy * y) + phase) + 0.15 * (x - y)
+        for _ in range(6):  # rectangles with sharp edges
+            y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+            v[y0:y0 + h // 4, x0:x0 + w // 5] = rng.uniform(0, 1)
+        planes.append(v + rng.normal(0, 0.02, (h, w)))  # sensor-like noise
+    return (np.clip(np.stack(planes, -1), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _full_then_resize(path, hw) -> np.ndarray:
+    return nimg.resize(nimg.load_image(path), *hw)
+
+
+# With at least DRAFT_MARGIN (2) source pixels per target pixel left after the codec's reduction,
+# both pipelines are low-pass filters that agree on what lies well below the target's Nyquist
+# limit; they differ in how each weighs the pixels around a hard edge, by a fraction of the edge's
+# contrast. Both are deterministic (integer IDCT, Pillow's float resize); libjpeg builds may
+# differ by 1/255 in a decoded pixel, which the bounds absorb. Measured: these images max
+# 5.7/255, mean 0.30/255; a photograph max 7.4/255, mean 0.83/255. Decoding straight at the target
+# size (no margin) gives max 17-20/255, which the max bound refuses.
+DRAFT_MAX, DRAFT_MEAN = 12 / 255, 1.5 / 255
+
+
+def test_draft_decodes_large_jpeg_near_the_target(tmp_path):
+    path = _save(tmp_path / "big.jpg", Image.fromarray(_photo_like(1500, 2000)), quality=92)
+    target = nimg.size_for_height(1500, 2000, 180)  # (180, 240): 1/4 scale keeps >= 2x
+    drafted = nimg.load_image(path, min_size=target)
+    assert drafted.shape == (1500 // 4, 2000 // 4, 3)  # the codec reduced it, aspect exact
+    diff = np.abs(nimg.resize(drafted, *target) - _full_then_resize(path, target))
+    assert diff.max() <= DRAFT_MAX and diff.mean() <= DRAFT_MEAN, (diff.max() * 255, diff.mean() * 255)
+    # A size computed from the drafted shape is the one computed from the header.
+    for height in (37, 180, 333):
+        assert nimg.size_for_height(*drafted.shape[:2], height) == nimg.size_for_height(1500, 2000, height)
+
+
+def test_draft_keeps_the_margin_and_exact_aspect(tmp_path):
+    path = _save(tmp_path / "a.jpg", Image.fromarray(_photo_like(240, 320)), quality=90)
+    assert nimg.load_image(path, min_size=(30, 40)).shape[:2] == (60, 80)     # 1/4: 2x margin
+    assert nimg.load_image(path, min_size=(31, 40)).shape[:2] == (120, 160)   # 1/4 too small
+    assert nimg.load_image(path, min_size=(121, 40)).shape[:2] == (240, 320)  # no reduction fits
+    odd = _save(tmp_path / "odd.jpg", Image.fromarray(_photo_like(242, 320)), quality=90)
+    # 242 is not a multiple of 4 or 8: only 1/2 keeps the aspect ratio exact.
+    assert nimg.load_image(odd, min_size=(10, 10)).shape[:2] == (121, 160)
+    png = _save(tmp_path / "a.png", Image.fromarray(_photo_like(240, 320)))
+    assert nimg.load_image(png, min_size=(10, 10)).shape[:2] == (240, 320)  # not a JPEG
+
+
+def test_draft_peak_memory_is_far_below_full_decode(tmp_path):
+    import tracemalloc
+
+    path = _save(tmp_path / "big.jpg", Image.fromarray(_photo_like(1504, 2000)), quality=90)
+    target = nimg.size_for_height(1504, 2000, 94)  # 1/8 scale keeps 188x250 >= 2x
+
+    def peak(**kw) -> int:
+        tracemalloc.start()
+        try:
+            image = nimg.load_image(path, **kw)
+            return tracemalloc.get_traced_memory()[1], image.shape
+        finally:
+            tracemalloc.stop()
+
+    (full, full_shape), (drafted, drafted_shape) = peak(), peak(min_size=target)
+    assert full_shape == (1504, 2000, 3) and drafted_shape == (188, 250, 3)
+    assert full >= 12 * 1504 * 2000  # the float32 result alone
+    assert drafted <= full / 32  # 64x fewer pixels; half of that leaves room for fixed costs
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_draft_respects_exif_orientation(tmp_path, orientation):
+    stored = _photo_like(1000, 2000)  # stored 2000 wide, 1000 tall
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path / "o.jpg", Image.fromarray(stored), quality=92, exif=exif.tobytes())
+    upright = nimg.image_size(path)
+    target = (400, 200) if orientation != 3 else (200, 400)  # upright; the same box stored
+    drafted = nimg.load_image(path, min_size=target)
+    # Stored 2000x1000 needs 800x400 (2x) after the turn: 1/2 fits and 1/4 does not. Without
+    # swapping the sides the stored image would have needed 400 wide, 800 tall: no reduction.
+    assert drafted.shape[:2] == (upright[0] // 2, upright[1] // 2)
+    diff = np.abs(nimg.resize(drafted, *target) - _full_then_resize(path, target))
+    assert diff.max() <= DRAFT_MAX and diff.mean() <= DRAFT_MEAN
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_draft_gray_and_cmyk_jpegs(tmp_path, mode):
+    pixels = _photo_like(480, 640, channels=1 if mode == "L" else 4, seed=1)
+    path = _save(tmp_path / "m.jpg", Image.fromarray(pixels[..., 0] if mode == "L" else pixels, mode),
+                 quality=92)
+    target = (60, 80)
+    drafted = nimg.load_image(path, min_size=target)
+    assert drafted.shape == (120, 160, 3)
+    diff = np.abs(nimg.resize(drafted, *target) - _full_then_resize(path, target))
+    assert diff.max() <= DRAFT_MAX and diff.mean() <= DRAFT_MEAN
