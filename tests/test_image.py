@@ -1011,3 +1011,28 @@ def test_draft_gray_and_cmyk_jpegs(tmp_path, mode):
     assert drafted.shape == (120, 160, 3)
     diff = np.abs(nimg.resize(drafted, *target) - _full_then_resize(path, target))
     assert diff.max() <= DRAFT_MAX and diff.mean() <= DRAFT_MEAN
+
+
+def test_gatys_cli_output_size_unchanged_by_draft(tmp_path, monkeypatch):
+    from nst_jax import gatys
+
+    weights = Path(__file__).parent / "fixtures" / "gatys" / "vgg19_narrow.pth"
+    content = _save(tmp_path / "c.jpg", Image.fromarray(_photo_like(1000, 1336)), quality=90)
+    style = _save(tmp_path / "s.jpg", Image.fromarray(_photo_like(800, 1200, seed=2)), quality=90)
+    shapes = {}
+    real = nimg.load_image
+
+    def spy(path, *args, **kw):
+        shapes[Path(path).name] = out = real(path, *args, **kw)
+        return out
+
+    monkeypatch.setattr(nimg, "load_image", spy)
+    out = tmp_path / "o.png"
+    code = gatys.main(["--content", str(content), "--style", str(style), "--weights", str(weights),
+                       "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1",
+                       "--size", "64", "--iterations", "0", "--style-scale", "1.5", "--no-progress",
+                       "-o", str(out)])
+    assert code == 0
+    # Both inputs were decoded reduced (1/4), each still >= 2x what is sampled from it.
+    assert shapes["c.jpg"].shape[:2] == (250, 334) and shapes["s.jpg"].shape[:2] == (200, 300)
+    assert nimg.image_size(out) == nimg.size_for_height(*nimg.image_size(content), 64) == (64, 86)
