@@ -971,7 +971,7 @@ def test_draft_peak_memory_is_far_below_full_decode(tmp_path):
     path = _save(tmp_path / "big.jpg", Image.fromarray(_photo_like(1504, 2000)), quality=90)
     target = nimg.size_for_height(1504, 2000, 94)  # 1/8 scale keeps 188x250 >= 2x
 
-    def peak(**kw) -> int:
+    def peak(**kw) -> tuple[int, tuple[int, ...]]:
         tracemalloc.start()
         try:
             image = nimg.load_image(path, **kw)
