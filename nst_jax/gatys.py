@@ -1142,6 +1142,8 @@ def _main(argv=None) -> int:
     if args.style_blend_weights is not None and len(args.style_blend_weights) != n_styles:
         raise ConfigError(f"--style-blend-weights has {len(args.style_blend_weights)} values for "
                           f"{n_styles} style images; give one per style")
+    if args.style_blend_weights is not None:  # refused now, not after the weights are loaded
+        normalized_weights(args.style_blend_weights, "--style-blend-weights")
     if args.style_blend_weights is not None and plan.content_masks is not None:
         raise ConfigError("--style-blend-weights cannot be combined with --content-mask (each region "
                           "takes one style); drop one of them")
