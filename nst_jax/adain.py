@@ -49,6 +49,7 @@ from nst_jax.errors import (
     OutputPathError,
     WeightsError,
     check_choice,
+    normalized_weights,
 )
 
 Array = jax.Array
@@ -566,6 +567,16 @@ def _plan(contents, styles, combined: bool, output: str | None) -> tuple[list[Jo
     return jobs, None if combined else out
 
 
+def _check_outputs(jobs: Sequence[Job], grid_dir: pathlib.Path | None, contents: Sequence[pathlib.Path],
+                   styles: Sequence[pathlib.Path], mask: str | None) -> None:
+    """Refuses a run where an output (or grid.png) would land on a content, style or mask file."""
+    outputs = [("--output", job.output) for job in jobs]
+    if grid_dir is not None and len(jobs) > 1:
+        outputs.append(("--output (its grid)", grid_dir / GRID_NAME))
+    cli.refuse_overwriting_inputs(outputs, [("content image", c) for c in contents]
+                                  + [("style image", s) for s in styles] + [("mask image", mask)])
+
+
 def _download_progress(what: str):
     bar = None
 
@@ -854,11 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if len(wts) != len(styles):
                 raise ConfigError(f"got {len(wts)} --style-interpolation-weights for {len(styles)} "
                                   "style images; give one weight per style")
-            if not all(np.isfinite(w) and w >= 0 for w in wts) or sum(wts) <= 0:
-                raise ConfigError(f"--style-interpolation-weights must be >= 0 with a positive sum, "
-                                  f"got {wts}")
-            total = sum(wts)
-            wts = [w / total for w in wts]  # as the official scripts do
+            wts = list(normalized_weights(wts, "--style-interpolation-weights"))  # as the official scripts do
         mask = None
         if args.mask is not None:
             if len(styles) != 2:
@@ -866,6 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   f"got {len(styles)}")
             mask = _load_mask(args.mask)
         jobs, grid_dir = _plan(contents, styles, wts is not None or mask is not None, args.output)
+        _check_outputs(jobs, grid_dir, contents, styles, args.mask)
         vgg_params, decoder_params = _load_weights(args.vgg, args.decoder)
         check_memory(config, jobs, vgg_params, decoder_params, _memory_budget(config))
         run(config, jobs, grid_dir, vgg_params, decoder_params, interpolation_weights=wts, mask=mask,

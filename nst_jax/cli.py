@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from nst_jax.errors import ConfigError, NSTError, did_you_mean
+from nst_jax.errors import ConfigError, NSTError, OutputPathError, did_you_mean
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -92,4 +93,44 @@ def positive(kind: Callable[[str], float | int], flag: str, allow_zero: bool = F
     return parse
 
 
-__all__ = ["ArgumentParser", "comma_list", "run_main", "positive", "ConfigError"]
+def _identities(path: str | os.PathLike) -> list:
+    """The resolved path, and (device, inode) when the file exists: equal for two names of one file
+    (symlinks, ``..``, hard links, bind mounts, case-insensitive file systems)."""
+    ids: list = [os.path.realpath(path)]
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # does not exist (yet), or an unusable name
+        return ids
+    return ids + [(st.st_dev, st.st_ino)]
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (see :func:`_identities`)."""
+    return bool(set(_identities(a)) & set(_identities(b)))
+
+
+def refuse_overwriting_inputs(outputs: Iterable[tuple[str, str | os.PathLike]],
+                              inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+    """Raises OutputPathError when an output would replace one of the run's input files.
+
+    Linear in the number of paths (one ``stat`` each), so folders of many images are cheap.
+
+    Args:
+      outputs: ``(flag, path)`` of every file the run will write.
+      inputs: ``(what, path)`` of every file it reads (None entries are skipped).
+    """
+    known = {}
+    for what, src in inputs:
+        if src is not None:
+            for key in _identities(src):
+                known.setdefault(key, (what, src))
+    for flag, out in outputs:
+        for key in _identities(out):
+            if key in known:
+                what, src = known[key]
+                raise OutputPathError(f"{flag} {out} is the {what} {src}: writing it would destroy the "
+                                      f"input; choose another {flag}")
+
+
+__all__ = ["ArgumentParser", "comma_list", "run_main", "positive", "same_file", "refuse_overwriting_inputs",
+           "ConfigError"]

@@ -30,7 +30,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.scipy.linalg import solve_triangular
 
 from nst_jax.errors import check_choice
 
@@ -186,14 +185,47 @@ def _mean_cov(image: Array) -> tuple[Array, Array]:
     return mu, jnp.matmul(centred.T, centred, precision=_HIGHEST) / pixels.shape[0]
 
 
-def _eig_floor(cov: Array, eps: float) -> tuple[Array, Array]:
-    """Eigen-decomposes a symmetric matrix with eigenvalues floored at ``eps``."""
-    w, v = jnp.linalg.eigh((cov + cov.T) / 2)
-    return jnp.maximum(w, eps), v
+def _eig_floor(cov: np.ndarray, eps) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposes symmetric matrices ``(..., 3, 3)`` with eigenvalues floored at ``eps``."""
+    w, v = np.linalg.eigh((cov + np.swapaxes(cov, -1, -2)) / 2)
+    return np.maximum(w, np.asarray(eps, np.float64)[..., None]), v
 
 
-def _pow(w: Array, v: Array, p: float) -> Array:
-    return jnp.matmul(v * w**p, v.T, precision=_HIGHEST)
+def _pow(w: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+    return (v * w[..., None, :] ** p) @ np.swapaxes(v, -1, -2)
+
+
+def _transform_f64(cov_source, cov_target, eps, *, mode: str) -> np.ndarray:
+    """:func:`color_transform_matrix` in float64 NumPy, batched over leading axes; float32 out.
+
+    The floored covariances can have condition numbers of ``max eigenvalue / eps`` (about 10^4 for
+    an image with colour noise), and ``"sym"`` squares that in its middle matrix; float32
+    eigen-decompositions would lose up to all their digits there, and differently on every path
+    (batched or not, jit or eager, CPU or GPU). In float64 the rounding of these 3x3 products is
+    far below float32 precision, so every path gives the same matrix to float32 rounding of the
+    covariances it was given.
+    """
+    cov_s, cov_t = np.asarray(cov_source, np.float64), np.asarray(cov_target, np.float64)
+    cov_s, cov_t = np.broadcast_arrays(cov_s, cov_t)
+    out = np.full(cov_s.shape, np.nan)
+    ok = np.isfinite(cov_s).all((-1, -2)) & np.isfinite(cov_t).all((-1, -2))
+    eps = np.broadcast_to(np.asarray(eps, np.float64), cov_s.shape[:-2])[ok]
+    ws, vs = _eig_floor(cov_s[ok], eps)
+    wt, vt = _eig_floor(cov_t[ok], eps)
+    if mode == "eig":
+        a = _pow(wt, vt, 0.5) @ _pow(ws, vs, -0.5)
+    elif mode == "chol":
+        ls = np.linalg.cholesky(_pow(ws, vs, 1.0))
+        lt = np.linalg.cholesky(_pow(wt, vt, 1.0))
+        # A = Lt Ls⁻¹  <=>  Ls^T A^T = Lt^T; Ls is triangular and well within float64's range.
+        a = np.swapaxes(np.linalg.solve(np.swapaxes(ls, -1, -2), np.swapaxes(lt, -1, -2)), -1, -2)
+        a = np.tril(a)  # exact zeros above the diagonal, as a triangular solve gives
+    else:
+        s_half, s_inv_half = _pow(ws, vs, 0.5), _pow(ws, vs, -0.5)
+        wm, vm = _eig_floor(s_half @ _pow(wt, vt, 1.0) @ s_half, np.zeros_like(eps))
+        a = s_inv_half @ _pow(wm, vm, 0.5) @ s_inv_half
+    out[ok] = a
+    return out.astype(np.float32)
 
 
 def color_transform_matrix(cov_source: Array, cov_target: Array, mode: str = "eig",
@@ -209,23 +241,19 @@ def color_transform_matrix(cov_source: Array, cov_target: Array, mode: str = "ei
     rank-deficient covariance) give a finite ``A``. When every eigenvalue of ``Σs`` and ``Σt`` is at
     least ``eps`` nothing changes and the match is exact; otherwise ``Σt`` is matched up to ``eps``
     per direction, and a direction in which the source has (almost) no variance cannot gain any.
+
+    The 3x3 algebra runs in float64 on the host (:func:`_transform_f64`): directly for concrete
+    arrays, through ``jax.pure_callback`` under ``jit``/``vmap``, so every path computes the same
+    matrix. It is not differentiable (colour matching is a preprocessing step). Leading axes of
+    the covariances (and of ``eps``) broadcast. A non-finite covariance gives a NaN matrix.
     """
     check_choice("colour transform", mode, COLOR_TRANSFORMS)
-    ws, vs = _eig_floor(cov_source, eps)
-    wt, vt = _eig_floor(cov_target, eps)
-    if mode == "eig":
-        return jnp.matmul(_pow(wt, vt, 0.5), _pow(ws, vs, -0.5), precision=_HIGHEST)
-    if mode == "chol":
-        ls = jnp.linalg.cholesky(_pow(ws, vs, 1.0))
-        lt = jnp.linalg.cholesky(_pow(wt, vt, 1.0))
-        # A = Lt Ls⁻¹  <=>  Ls^T A^T = Lt^T, a triangular solve.
-        return solve_triangular(ls, lt.T, trans="T", lower=True).T
-    s_half, s_inv_half = _pow(ws, vs, 0.5), _pow(ws, vs, -0.5)
-    middle = jnp.matmul(jnp.matmul(s_half, _pow(wt, vt, 1.0), precision=_HIGHEST), s_half,
-                        precision=_HIGHEST)
-    wm, vm = _eig_floor(middle, 0.0)
-    return jnp.matmul(jnp.matmul(s_inv_half, _pow(wm, vm, 0.5), precision=_HIGHEST), s_inv_half,
-                      precision=_HIGHEST)
+    fn = functools.partial(_transform_f64, mode=mode)
+    if not any(isinstance(x, jax.core.Tracer) for x in (cov_source, cov_target, eps)):
+        return jnp.asarray(fn(cov_source, cov_target, np.asarray(eps, np.float32)))
+    shape = jnp.broadcast_shapes(jnp.shape(cov_source), jnp.shape(cov_target))
+    return jax.pure_callback(fn, jax.ShapeDtypeStruct(shape, jnp.float32), cov_source, cov_target,
+                             jnp.asarray(eps, jnp.float32), vmap_method="broadcast_all")
 
 
 def _match_one(source: Array, target: Array, mode: str, eps: float, clip: bool) -> Array:

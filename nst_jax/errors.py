@@ -8,6 +8,7 @@ entry points print that line and exit with status 2; library callers catch the s
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -73,3 +74,23 @@ def check_choice(what: str, value: str, choices: Iterable[str], flag: str | None
         f'unknown {what} "{value}"{where}{did_you_mean(value, choices)}; '
         f"valid choices: {', '.join(choices)}"
     )
+
+
+def normalized_weights(values: Iterable[float], flag: str) -> tuple[float, ...]:
+    """Returns ``values`` divided by their sum (Python floats, on the host).
+
+    Raises:
+      ConfigError: a weight is negative or not finite, all are zero, or their sum overflows to
+        infinity (dividing by it would silently turn every weight into 0).
+    """
+    values = tuple(float(v) for v in values)
+    shown = " ".join(f"{v:g}" for v in values)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"{flag} must be >= 0 and finite, got {shown}")
+    total = sum(values)
+    if not math.isfinite(total):
+        raise ConfigError(f"{flag} sum to infinity ({shown}); scale them down: only their ratios matter")
+    if not total > 0:
+        raise ConfigError(f"{flag} must be >= 0 and not all zero, got {shown}; give at least one positive "
+                          "weight")
+    return tuple(v / total for v in values)

@@ -39,7 +39,7 @@ import optax
 
 from nst_jax import color as colormod
 from nst_jax import guides, losses, vgg
-from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, check_choice
+from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, check_choice, normalized_weights
 
 Array = jax.Array
 
@@ -234,8 +234,7 @@ def compute_targets(
                 f"--style-blend-weights has {len(blend_weights)} values for {len(styles)} style images; "
                 "give one per style"
             )
-        if not float(sum(blend_weights)) > 0:
-            raise ConfigError("--style-blend-weights must be >= 0 and not all zero")
+        blend_weights = normalized_weights(blend_weights, "--style-blend-weights")
     content_feats = _features(params, content, config.content_layers, config)
     per_style = [_style_gram(params, s, m, config) for s, m in zip(styles, style_masks)]
     if content_masks is not None:
@@ -248,11 +247,10 @@ def compute_targets(
                                   f"but the content is {content.shape[2]}x{content.shape[1]}; resize the masks")
         grams = {n: jnp.concatenate([g[n] for g in per_style]) for n in config.style_layers}
         return Targets(content_feats, grams, guides.layer_masks(content_masks, config.style_layers))
-    total = float(sum(blend_weights))
     grams = {name: 0.0 for name in config.style_layers}
     for g, w in zip(per_style, blend_weights):
         for name in config.style_layers:
-            grams[name] = grams[name] + (w / total) * g[name]
+            grams[name] = grams[name] + w * g[name]
     return Targets(content_feats, grams)
 
 
@@ -1013,6 +1011,45 @@ def _snapshot_path(output, iteration: int):
     return out.with_name(f"{out.stem}_iter{iteration:05d}{out.suffix}")
 
 
+def _last_good_path(output):
+    """Where a failed run saves its last good image: beside ``--output``, never over it."""
+    from pathlib import Path
+
+    out = Path(output)
+    return out.with_name(f"{out.stem}.last-good{out.suffix}")
+
+
+def _check_style_scale(style_scale: float, size: int) -> None:
+    """Refuses a --style-scale whose style height no image can have, before any image is sized.
+
+    A style height above :func:`image.max_pixels` is more pixels than the readers accept even for a
+    one-pixel-wide image; smaller heights are left to the memory check, which knows the aspect ratio.
+    """
+    from nst_jax import image as imageio
+
+    limit = int(imageio.max_pixels())
+    if not np.isfinite(style_scale) or not style_scale > 0:
+        raise ConfigError(f"--style-scale must be a finite number > 0, got {style_scale}")
+    if size * style_scale > limit:
+        raise ConfigError(f"--style-scale {style_scale:g} makes the style {size * style_scale:.3g} px high, more "
+                          f"pixels than any image may have ({limit / 1e6:.0f} megapixels); lower --style-scale "
+                          "(1 gives the style the height of --size)")
+
+
+def _check_outputs(args) -> None:
+    """Refuses an --output, its last-good name or --metrics-json that would replace an input file."""
+    from nst_jax import cli
+
+    inputs = ([("content image", args.content)] + [("style image", s) for s in args.style or []]
+              + [("content mask", m) for m in args.content_mask or []]
+              + [("style mask", m) for m in args.style_mask or []] + [("init image", args.init_image)])
+    outputs = [("--output", args.output), ("--output (its last-good name)", _last_good_path(args.output))]
+    cli.refuse_overwriting_inputs(outputs, inputs)
+    if args.metrics_json:
+        cli.refuse_overwriting_inputs([("--metrics-json", args.metrics_json)],
+                                      inputs + [("output image", args.output)])
+
+
 def _runner(args, config: GatysConfig):
     """gatys.run, or tiling.run_tiled with the tile geometry bound when --tile-size is given."""
     if args.tile_size is None:
@@ -1092,7 +1129,6 @@ def _check_memory(args, config: GatysConfig, plan: _Plan, size: int, params) -> 
 
 def _main(argv=None) -> int:
     import json
-    import os
     import sys
 
     from tqdm import tqdm
@@ -1114,13 +1150,15 @@ def _main(argv=None) -> int:
     imageio.check_output_path(args.output, bits=args.bits)
     if args.metrics_json:
         _check_metrics_path(args.metrics_json)
-    if not np.isfinite(args.style_scale):
-        raise ConfigError(f"--style-scale must be a finite number > 0, got {args.style_scale}")
+    _check_outputs(args)
+    _check_style_scale(args.style_scale, max(sizes))
     plan = _load_inputs(args, config, sizes)
     n_styles = len(plan.styles)
     if args.style_blend_weights is not None and len(args.style_blend_weights) != n_styles:
         raise ConfigError(f"--style-blend-weights has {len(args.style_blend_weights)} values for "
                           f"{n_styles} style images; give one per style")
+    if args.style_blend_weights is not None:  # refused now, not after the weights are loaded
+        normalized_weights(args.style_blend_weights, "--style-blend-weights")
     if args.style_blend_weights is not None and plan.content_masks is not None:
         raise ConfigError("--style-blend-weights cannot be combined with --content-mask (each region "
                           "takes one style); drop one of them")
@@ -1149,11 +1187,12 @@ def _main(argv=None) -> int:
             style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner)
     except NonFiniteLossError as err:
         bar.close()
-        imageio.save_image(args.output, err.image, bits=args.bits)
-        raise
+        # A failed run never changes an existing output: its last good image goes beside it.
+        saved = imageio.save_image(_last_good_path(args.output), err.image, bits=args.bits)
+        raise NonFiniteLossError(f"{err}; that image was saved as {saved} ({args.output} was not "
+                                 "written)") from None
     bar.close()
     result = ms.result
-    imageio.save_image(args.output, result.image, bits=args.bits)
     if args.metrics_json:
         metrics = {
             # Top-level numbers describe the last level, whose image is the output.
@@ -1181,10 +1220,9 @@ def _main(argv=None) -> int:
                        "content_mask": [str(m) for m in (args.content_mask or [])],
                        "style_mask": [str(m) for m in (args.style_mask or [])]},
         }
-        tmp = f"{args.metrics_json}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=1)
-        os.replace(tmp, args.metrics_json)
+        # Before the image: a failed metrics write (disk full) then leaves both files as they were.
+        imageio.atomic_write(args.metrics_json, json.dumps(metrics, indent=1))
+    imageio.save_image(args.output, result.image, bits=args.bits)
     if result.interrupted:
         print(f"interrupted at iteration {result.iterations} of the {sizes[len(ms.levels) - 1]}-pixel level; "
               f"saved {args.output}", file=sys.stderr)

@@ -815,6 +815,34 @@ def _create_temp(path: Path) -> tuple[int, Path]:
     return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Writes ``data`` (str as UTF-8) to ``path`` atomically, as :func:`save_image` writes images.
+
+    A temporary file in the same folder is written, synced and renamed over ``path``: a failed
+    write (disk full...) leaves any earlier file at ``path`` untouched and no temporary file behind.
+
+    Raises:
+      OutputPathError: the folder cannot be written or the write failed.
+    """
+    path = Path(path)
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    temp = None
+    try:
+        fd, temp = _create_temp(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as err:
+        raise OutputPathError(f"could not write {path} ({err.strerror or _one_line(err)}); check free "
+                              "disk space and permissions, or choose another path") from None
+    finally:
+        if temp is not None and temp.exists():
+            temp.unlink()
+    return path
+
+
 def save_image(path: str | os.PathLike, image, *, bits: int = 8, quality: int = 95) -> Path:
     """Writes a float RGB image to ``path`` atomically; the format follows the extension.
 

@@ -54,7 +54,7 @@ import numpy as np
 from jax import lax
 
 from nst_jax import gatys, losses, vgg
-from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError
+from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, normalized_weights
 
 Array = jax.Array
 
@@ -574,9 +574,7 @@ def tiled_targets(
             f"--style-blend-weights has {len(blend_weights)} values for {len(styles)} style images; "
             "give one per style"
         )
-    total = float(sum(blend_weights))
-    if not total > 0 or any(w < 0 for w in blend_weights):
-        raise ConfigError("--style-blend-weights must be >= 0 and not all zero")
+    blend_weights = normalized_weights(blend_weights, "--style-blend-weights")
     _check_image(content, "content")
     grid = tile_grid(content.shape, config.content_layers, tile_size, halo, shift=False)
     content_feats = _tiled_content(params, content, _only(config, config.content_layers), grid)
@@ -585,7 +583,7 @@ def tiled_targets(
         _check_image(style, "style")
         sgrid = tile_grid(style.shape, config.style_layers, tile_size, halo, shift=False)
         for n, g in _tiled_grams(params, style, _only(config, config.style_layers), sgrid).items():
-            grams[n] = grams.get(n, 0.0) + (w / total) * g
+            grams[n] = grams.get(n, 0.0) + w * g
     return gatys.Targets(content_feats, {n: grams[n] for n in config.style_layers})
 
 

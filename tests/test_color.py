@@ -5,6 +5,8 @@ Statistics of the outputs are recomputed here in float64 NumPy, independently of
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +17,14 @@ from nst_jax import color
 from nst_jax.errors import ConfigError
 
 RNG = np.random.default_rng(1)
+EPS32 = float(np.finfo(np.float32).eps)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Every test draws the same data whatever ran before it (pytest-randomly shuffles the order)."""
+    global RNG
+    RNG = np.random.default_rng(1)
 
 
 def _stats(image) -> tuple[np.ndarray, np.ndarray]:
@@ -221,16 +231,98 @@ def test_match_color_does_not_clip_unless_asked():
     np.testing.assert_allclose(clipped, jnp.clip(out, 0, 1))
 
 
+def _ref_transform(cov_s, cov_t, mode, eps=1e-5):
+    """Float64 reference of color_transform_matrix, written independently with SciPy."""
+    from scipy import linalg
+
+    def floor(c):
+        w, v = np.linalg.eigh(c)
+        return (v * np.maximum(w, eps)) @ v.T
+
+    s, t = floor(cov_s), floor(cov_t)
+    if mode == "eig":
+        return np.real(linalg.sqrtm(t)) @ np.linalg.inv(np.real(linalg.sqrtm(s)))
+    if mode == "chol":
+        return np.linalg.cholesky(t) @ np.linalg.inv(np.linalg.cholesky(s))
+    s_half = np.real(linalg.sqrtm(s))
+    s_inv_half = np.linalg.inv(s_half)
+    return s_inv_half @ np.real(linalg.sqrtm(s_half @ t @ s_half)) @ s_inv_half
+
+
+def _ref_match(source, target, mode):
+    """Float64 reference of match_color for one image, and a bound on float32 paths' deviation.
+
+    The only float32 step whose rounding differs between paths (batched or not, jit or eager, one
+    CPU or another) is the reduction giving the means and covariances: an n-term sum rounds to
+    within about sqrt(n) * eps32 of each term's size (the probabilistic bound, Higham §2.8; here
+    with a factor 4 of margin). How much that moves A is the conditioning of the transform, measured
+    here as its float64 Jacobian (central differences) with respect to every covariance entry. So the
+    tolerance grows with the condition numbers of the floored covariances, not with a machine.
+    """
+    xs, xt = (np.asarray(x, np.float64).reshape(-1, 3) for x in (source, target))
+    mu_s, mu_t = xs.mean(0), xt.mean(0)
+    cs, ct = xs - mu_s, xt - mu_t
+    cov_s, cov_t = cs.T @ cs / len(cs), ct.T @ ct / len(ct)
+    a = _ref_transform(cov_s, cov_t, mode)
+    out = (cs @ a.T + mu_t).reshape(np.shape(source))
+
+    d_cov = [4 * np.sqrt(len(c)) * EPS32 * (np.abs(c).T @ np.abs(c)) / len(c) for c in (cs, ct)]
+    d_a = np.zeros((3, 3))
+    covs = [cov_s, cov_t]
+    for which in range(2):
+        for i in range(3):
+            for j in range(i, 3):
+                h = 1e-6 * np.abs(covs[which]).max()
+                step = np.zeros((3, 3))
+                step[i, j] = step[j, i] = h
+                plus, minus = ([c + sign * step if k == which else c for k, c in enumerate(covs)]
+                               for sign in (1, -1))
+                jac = (_ref_transform(*plus, mode) - _ref_transform(*minus, mode)) / (2 * h)
+                d_a += np.abs(jac) * d_cov[which][i, j]
+    d_mu = [4 * np.sqrt(len(x)) * EPS32 * np.abs(x).max(0) for x in (xs, xt)]
+    bound = (np.abs(cs) @ d_a.T + d_mu[0] @ np.abs(a).T + d_mu[1]
+             + 4 * EPS32 * (np.abs(cs) @ np.abs(a).T + np.abs(mu_t)))  # + rounding of A (x - mu) + mu
+    return out, bound.reshape(np.shape(source))
+
+
+@pytest.mark.parametrize("mode", color.COLOR_TRANSFORMS)
+def test_transform_of_near_singular_covariances_is_exact_on_every_path(mode):
+    # Rank-deficient (gray) and nearly so: the eigenvalue floor is active, the floored matrices
+    # have condition numbers of about 1e4 and "sym" works with their product. The inputs are
+    # exact float32 values, so the only allowed error is the float64 algebra (condition numbers
+    # times float64 eps) plus rounding the result to float32.
+    gray = np.full((3, 3), 0.04) + np.diag([0.0, 3e-6, 0.0])
+    cov_s = np.stack([gray, _spd()]).astype(np.float32)
+    cov_t = np.stack([_spd(0.02), gray + np.diag([2e-4, 0.0, 1e-6])]).astype(np.float32)
+    refs = np.stack([_ref_transform(s.astype(np.float64), t.astype(np.float64), mode)
+                     for s, t in zip(cov_s, cov_t)])
+    cond = max(np.linalg.cond(np.maximum(c, 0) + 1e-5 * np.eye(3)) for c in [*cov_s, *cov_t])
+    tol = 2 * EPS32 * np.abs(refs) + 100 * cond**2 * np.finfo(np.float64).eps * np.abs(refs).max()
+    assert tol.max() < 1e-4 * np.abs(refs).max()
+    fn = functools.partial(color.color_transform_matrix, mode=mode)
+    for got in (fn(cov_s, cov_t), jax.jit(fn)(cov_s, cov_t), jax.vmap(fn)(cov_s, cov_t),
+                np.stack([fn(s, t) for s, t in zip(cov_s, cov_t)]),
+                np.stack([jax.jit(fn)(s, t) for s, t in zip(cov_s, cov_t)])):
+        assert np.all(np.abs(np.asarray(got, np.float64) - refs) <= tol)
+
+
 def test_match_color_batches_per_image():
     sources = np.stack([_colorful(), _grayish(24, 32)])
     targets = np.stack([_colorful(10, 10), _grayish(10, 10)])
-    batched = color.match_color(sources, targets, "sym")
+    jitted = jax.jit(color.match_color, static_argnames=("mode",))
+    for mode in color.COLOR_TRANSFORMS:
+        batched = np.asarray(color.match_color(sources, targets, mode), np.float64)
+        for i in range(2):
+            ref, bound = _ref_match(sources[i], targets[i], mode)
+            assert bound.max() < 0.01  # below the grayish images' colour noise: a real check
+            for got in (batched[i], color.match_color(sources[i], targets[i], mode),
+                        jitted(sources[i], targets[i], mode=mode)):
+                # Each path is within the bound of the float64 result, so within 2x of each other.
+                assert np.all(np.abs(np.asarray(got, np.float64) - ref) <= bound), mode
+    shared = np.asarray(color.match_color(sources, targets[0]), np.float64)  # one target for all
     for i in range(2):
-        # float32 eigen-decompositions differ between batched and single calls at ~1e-5.
-        np.testing.assert_allclose(batched[i], color.match_color(sources[i], targets[i], "sym"),
-                                   atol=2e-4)
-    shared = color.match_color(sources, targets[0])  # one target for the whole batch
-    np.testing.assert_allclose(shared[1], color.match_color(sources[1], targets[0]), atol=2e-4)
+        ref, bound = _ref_match(sources[i], targets[0], "eig")
+        assert np.all(np.abs(shared[i] - ref) <= bound)
 
 
 def test_unknown_choices():

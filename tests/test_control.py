@@ -282,6 +282,28 @@ def test_blend_weights_mix_the_style_grams(narrow_vgg19):
         np.testing.assert_allclose(np.asarray(mixed.style_grams[name])[0], 0.25 * ga + 0.75 * gb, rtol=1e-5)
 
 
+@pytest.mark.parametrize("blend, needle", [((1e308, 1e308), "sum to infinity"), ((0.0, 0.0), "not all zero"),
+                                          ((1.0, float("nan")), "finite"), ((-1.0, 2.0), ">= 0")])
+def test_blend_weights_that_cannot_be_normalised_are_refused(blend, needle):
+    # Refused where the weights are normalised, whole-image and tiled, before any network runs
+    # (params=None would fail otherwise). 1e308 + 1e308 overflows: dividing by the sum gave 0, 0.
+    from nst_jax import tiling
+
+    x = jnp.asarray(CONTENT)
+    with pytest.raises(ConfigError, match=f"--style-blend-weights.*{needle}"):
+        gatys.compute_targets(None, x, [x, x], FAST, blend_weights=list(blend))
+    with pytest.raises(ConfigError, match=f"--style-blend-weights.*{needle}"):
+        tiling.tiled_targets(None, x, [x, x], FAST, blend_weights=list(blend), tile_size=32)
+
+
+def test_normalized_weights_keep_ratios_of_huge_and_tiny_weights():
+    from nst_jax.errors import normalized_weights
+
+    assert normalized_weights([1e307, 3e307], "--w") == (0.25, 0.75)
+    assert normalized_weights([5e-324, 0.0], "--w") == (1.0, 0.0)
+    assert normalized_weights([2], "--w") == (1.0,)
+
+
 def _gram(f):
     f = np.asarray(f, np.float64)[0]
     f = f.reshape(-1, f.shape[-1])

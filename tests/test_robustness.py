@@ -240,6 +240,18 @@ CASES = [
     Case("gatys-metrics-folder-missing", "gatys", ("--metrics-json", "{out}/missing/metrics.json"),
          ("--metrics-json", "missing")),
     Case("gatys-style-too-big-for-memory", "gatys", ("--style-scale", "1000"), ("GiB", "--style-scale")),
+    Case("gatys-style-scale-beyond-any-image", "gatys", ("--style-scale", "1e9"),
+         ("--style-scale 1e+09", "megapixels", "lower --style-scale")),
+    Case("gatys-blend-weights-sum-to-inf", "gatys", ("--style", "{style}", "{content}", "--style-blend-weights",
+                                                     "1e308,1e308"), ("--style-blend-weights", "infinity")),
+    Case("gatys-blend-weights-all-zero", "gatys", ("--style", "{style}", "{content}", "--style-blend-weights",
+                                                   "0,0"), ("--style-blend-weights", "not all zero")),
+    Case("gatys-output-is-the-content", "gatys", ("--output", "{content}"),
+         ("--output", "is the content image", "choose another --output")),
+    Case("gatys-output-is-the-init-image", "gatys", ("--init", "image", "--init-image", "{style}", "--output",
+                                                     "{style}"), ("is the style image",)),
+    Case("gatys-metrics-is-the-output", "gatys", ("--metrics-json", "{out}/result.png"),
+         ("--metrics-json", "is the output image")),
     # --- nst_jax.adain
     Case("adain-missing-style", "adain", ("--style", "{dir}/nope.png"), ("style image not found", "check the path")),
     Case("adain-text-as-content", "adain", ("--content", "{text}"), ("content image is not an image", "use PNG")),
@@ -250,6 +262,9 @@ CASES = [
          ("content image is 12x12 px", "relu4_1", "at least 16 px", "--size")),
     Case("adain-negative-weights", "adain", ("--style", "{style}", "{content}", "--style-interpolation-weights",
                                              "-1", "2"), ("--style-interpolation-weights must be >= 0",)),
+    Case("adain-weights-sum-to-inf", "adain", ("--style", "{style}", "{content}", "--style-interpolation-weights",
+                                               "1e308", "1e308"), ("--style-interpolation-weights", "infinity")),
+    Case("adain-output-is-the-style", "adain", ("--output", "{style}"), ("--output", "is the style image")),
     Case("adain-unknown-color-transform", "adain", ("--color-transform", "chool"),
          ('did you mean "chol"', "valid choices: eig, chol, sym")),
     Case("adain-torchvision-as-encoder", "adain", ("--vgg", str(GATYS_VGG)),
@@ -531,7 +546,51 @@ def test_subprocess_exit_code_and_stderr(name, subprocess_results):
 # Failures after work has started: nothing partial, the last good image kept
 
 
+@pytest.mark.parametrize("link", ["same", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("entry", ["gatys", "adain"])
+def test_output_never_replaces_an_input(entry, link, files, workspace, sentinels, capsys):
+    """--output naming an input file (by another name too) is refused; the input stays as it was."""
+    tmp_path, out = workspace
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    content = inputs / "content.png"
+    content.write_bytes(files["content"].read_bytes())
+    target = {"same": content, "dotdot": inputs / ".." / "in" / "content.png", "symlink": out / "link.png",
+              "hardlink": out / "hard.png"}[link]
+    if link == "symlink":
+        target.symlink_to(content)
+    elif link == "hardlink":
+        os.link(content, target)
+    argv = [str(a) for a in _base(entry, files, out)]
+    argv[argv.index("--content") + 1] = str(content)
+    code = ENTRY[entry](argv + ["--output", str(target)])
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "is the content image" in line and "choose another --output" in line, line
+    assert content.read_bytes() == files["content"].read_bytes()
+    assert target.read_bytes() == files["content"].read_bytes()
+    assert sorted(p.name for p in inputs.iterdir()) == ["content.png"]
+
+
+def test_adain_output_folder_never_replaces_an_input(files, workspace, sentinels, capsys):
+    """A folder of contents used as the output folder: a planned result that would land on one of the
+    contents is refused before anything is written."""
+    tmp_path, out = workspace
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.png", "a_stylized_style.png"):  # the second is where a's result would go
+        (folder / name).write_bytes(files["content"].read_bytes())
+    argv = [str(a) for a in _base("adain", files, out)]
+    argv[argv.index("--content") + 1] = str(folder)
+    argv[argv.index("--output") + 1] = str(folder)
+    code = adain.main(argv)
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "a_stylized_style.png is the content image" in line, line
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_stylized_style.png"]
+    assert all((folder / n).read_bytes() == files["content"].read_bytes() for n in ("a.png", "a_stylized_style.png"))
+
+
 def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monkeypatch, capsys):
+    """A diverged run leaves an existing --output as it was and saves its last good image beside it."""
     tmp_path, out = workspace
     last_good = np.random.default_rng(0).random((40, 33, 3)).astype(np.float32)
 
@@ -546,8 +605,49 @@ def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monke
     code = gatys.main([str(a) for a in _base("gatys", files, out)])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "between iteration 10 and 12" in line and "--learning-rate" in line
-    np.testing.assert_allclose(image_io.load_image(out / "result.png"), last_good, atol=0.5 / 255 + 1e-6)
-    assert sorted(p.name for p in out.iterdir()) == ["result.png"]
+    saved = out / "result.last-good.png"
+    assert f"saved as {saved}" in line and "result.png was not written" in line, line
+    assert (out / "result.png").read_bytes() == PREVIOUS
+    np.testing.assert_allclose(image_io.load_image(saved), last_good, atol=0.5 / 255 + 1e-6)
+    assert sorted(p.name for p in out.iterdir()) == ["result.last-good.png", "result.png"]
+
+
+def _fake_multiscale(image: np.ndarray):
+    """A finished one-level run (so the CLI's saving is tested without compiling anything)."""
+    def run_multiscale(*args, **kwargs):
+        result = gatys.RunResult(image, [3.0, 2.0], {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0},
+                                 1, [(1, 0.1)])
+        return multiscale.MultiscaleResult(result, [multiscale.Level(40, 1, 2.0, 0.1, [3.0, 2.0])])
+
+    return run_multiscale
+
+
+def test_gatys_metrics_on_a_full_disk_changes_nothing(files, workspace, monkeypatch, capsys):
+    """ENOSPC while writing --metrics-json: one error line, the earlier image and metrics unchanged,
+    no temporary file left."""
+    tmp_path, out = workspace
+    monkeypatch.setattr(multiscale, "run_multiscale", _fake_multiscale(np.full((40, 33, 3), 0.5, np.float32)))
+    (out / "result.png").write_bytes(PREVIOUS)
+    (out / "metrics.json").write_bytes(b'{"earlier": true}')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", full)
+    argv = [str(a) for a in _base("gatys", files, out)] + ["--metrics-json", str(out / "metrics.json")]
+    code = gatys.main(argv)
+    line = _one_error_line(capsys.readouterr().err)
+    assert code == 2 and "No space left on device" in line and "metrics.json" in line, line
+    assert (out / "result.png").read_bytes() == PREVIOUS
+    assert (out / "metrics.json").read_bytes() == b'{"earlier": true}'
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
+
+    monkeypatch.setattr(os, "fsync", real_fsync)  # the same run with a disk that has room writes both
+    assert gatys.main(argv) == 0
+    assert json.loads((out / "metrics.json").read_text())["final_loss"] == 2.0
+    assert (out / "result.png").read_bytes() != PREVIOUS
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
 
 
 def test_adain_failure_midway_keeps_finished_and_existing_outputs(files, workspace, monkeypatch, capsys):
