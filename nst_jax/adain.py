@@ -851,6 +851,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     done: list[pathlib.Path] = []
     try:
+        from nst_jax import compile_cache
+
+        compile_cache.enable()  # before the first compile; the library itself never sets it
         config = AdainConfig(alpha=args.alpha, size=args.size, style_size=args.style_size,
                              preserve_color=args.preserve_color, color_transform=args.color_transform,
                              max_memory=args.max_memory)

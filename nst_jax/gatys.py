@@ -1133,10 +1133,11 @@ def _main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from nst_jax import cli, multiscale, weights as weights_mod
+    from nst_jax import cli, compile_cache, multiscale, weights as weights_mod
     from nst_jax import image as imageio
 
     args = _parser().parse_args(argv)
+    compile_cache.enable()  # before the first compile; the library itself never sets it
     sizes, level_its = _levels(args)
     config = GatysConfig(
         content_layers=args.content_layers, style_layers=args.style_layers, iterations=level_its[0],

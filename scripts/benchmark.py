@@ -206,7 +206,8 @@ def _gatys_config(job, optimizer, **overrides):
     from nst_jax import gatys
 
     settings = {"optimizer": optimizer, "iterations": job["iterations"],
-                "history_size": job.get("history_size", 10), **overrides}
+                "history_size": job.get("history_size", 10), "compute_dtype": job.get("dtype", "float32"),
+                "remat": job.get("remat", False), **overrides}
     return gatys.GatysConfig(**settings)
 
 
@@ -465,8 +466,9 @@ def work_memory_static(job) -> dict:
     params = _vgg_params(job.get("widths"))
     p_abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
     rows = []
-    for size in job["sizes"]:
-        image = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    for size in job["sizes"]:  # a square side, or [height, width]
+        height, width = (size, size) if isinstance(size, int) else size
+        image = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
         for remat, dtype in job["variants"]:
             config = _gatys_config(job, "lbfgs", remat=remat, compute_dtype=dtype)
             weights = gatys.loss_weights(config)
@@ -478,12 +480,43 @@ def work_memory_static(job) -> dict:
             compile_s = time.perf_counter() - t0
             program = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                        - stats.alias_size_in_bytes)
-            state = (2 * config.history_size + 6) * size * size * 3 * 4
+            state = (2 * config.history_size + 6) * height * width * 3 * 4
             rows.append({"size": size, "remat": remat, "dtype": dtype, "temp_bytes": stats.temp_size_in_bytes,
                          "argument_bytes": stats.argument_size_in_bytes, "program_bytes": program,
                          "lbfgs_state_bytes": state, "peak_bytes": program + state, "compile_s": compile_s,
-                         "estimate_bytes": gatys.estimate_memory_bytes(size, size, params, config)})
+                         "estimate_bytes": gatys.estimate_memory_bytes(height, width, params, config)})
     return {"rows": rows}
+
+
+def work_gatys_large(job) -> dict:
+    """A real run of a few iterations at ``height x width`` (remat, bfloat16, tiling as the job says)."""
+    import jax
+    import numpy as np
+
+    from nst_jax import gatys, tiling
+    from nst_jax import image as image_io
+
+    params = _vgg_params(job.get("widths"))
+    h, w = job["height"], job["width"]
+    content, style = (image_io.resize(image_io.load_image(path), height=h, width=w)[None].astype(np.float32)
+                      for path in (image_io.default_content_path(), image_io.default_style_path()))
+    config = _gatys_config(job, job["optimizer"])
+    weights = gatys.loss_weights(config)
+    baseline = _peak_rss_mb()
+    t0 = time.perf_counter()
+    if job.get("tile_size"):
+        result = tiling.run_tiled(params, content, style, config, weights, tile_size=job["tile_size"],
+                                  chunk=job["chunk"])
+    else:
+        result = gatys.run(params, content, style, config, weights, chunk=job["chunk"])
+    wall = time.perf_counter() - t0
+    rates = [dt / n for n, dt in result.chunk_seconds[1:] if n > 0]
+    return {"height": h, "width": w, "optimizer": config.optimizer, "remat": config.remat,
+            "dtype": config.compute_dtype, "tile_size": job.get("tile_size"), "iterations": result.iterations,
+            "final_loss": result.terms["total"], "finite": bool(np.isfinite(result.terms["total"])),
+            "wall_s": wall, "first_chunk_s": result.chunk_seconds[0][1] if result.chunk_seconds else None,
+            "s_per_iter": _median(rates) if rates else None,
+            "estimate_bytes": gatys.estimate_memory_bytes(h, w, params, config), **_memory_record(baseline)}
 
 
 def work_fidelity(job) -> dict:
@@ -719,7 +752,7 @@ def work_ops(job) -> dict:
 
 WORKERS = {"machine": work_machine, "gatys": work_gatys, "gatys-memory": work_gatys_memory,
            "torch-gatys-memory": work_torch_gatys_memory, "fidelity": work_fidelity, "adain": work_adain,
-           "memory-static": work_memory_static,
+           "memory-static": work_memory_static, "gatys-large": work_gatys_large,
            "train": work_train, "ops": work_ops}
 
 
@@ -738,7 +771,7 @@ def worker_main(job_text: str) -> int:
 # Parent side: plans the jobs, runs them one at a time, assembles and saves the JSON.
 
 
-def run_job(job: dict, log, cache_dir: str | None = None) -> dict:
+def run_job(job: dict, log, cache_dir: str | None = None, timeout: float | None = None) -> dict:
     """Runs one worker subprocess; returns its result, or ``{"error": ...}`` if it failed.
 
     With ``cache_dir`` the workers share JAX's persistent compilation cache, so a memory run of a
@@ -750,8 +783,12 @@ def run_job(job: dict, log, cache_dir: str | None = None) -> dict:
                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
+    try:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(job)],
+                              capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        log(f"  {job['kind']} {_describe(job)} stopped at its time box of {timeout:.0f}s")
+        return {"error": f"timed out after {timeout:.0f}s", "job": job}
     wall = time.perf_counter() - t0
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
@@ -763,7 +800,7 @@ def run_job(job: dict, log, cache_dir: str | None = None) -> dict:
 
 
 def _describe(job: dict) -> str:
-    keys = ("size", "sizes", "optimizer", "remat", "dtype", "crop", "batch")
+    keys = ("size", "sizes", "height", "width", "optimizer", "remat", "dtype", "tile_size", "crop", "batch")
     return " ".join(f"{k}={job[k]}" for k in keys if k in job)
 
 
@@ -1072,6 +1109,154 @@ def run_benchmark(args, machine: dict, log) -> dict:
 
 
 # ================================================================================================
+# The GPU suite: one command for a lent GPU (15 minutes of device time in all, no network).
+
+
+def gpu_plan(smoke: bool) -> dict:
+    """Workloads and time boxes (seconds) of ``--suite gpu``; ``--smoke``: the same code paths, tiny, on a CPU."""
+    if smoke:
+        return {"budget_s": 300, "widths": QUICK_WIDTHS, "sizes": [32], "dtypes": ["float32", "bfloat16"],
+                # Adam: the smallest program to compile; the optimizer is only a config field here.
+                "optimizers": ["adam"], "large_optimizer": "adam", "iterations": 2, "chunk": 1, "eval_repeats": 1,
+                "adain_size": 32, "adain_batches": [1, 2], "repeats": 1,
+                "large": [40, 56], "large_static": [[40, 56]], "large_iterations": 2, "large_tile": 32,
+                "static_variants": [[False, "float32"], [True, "bfloat16"]],
+                "train_crop": 32, "train_batches": [2], "train_steps": 1,
+                "boxes": {"gatys": 120, "adain": 60, "static": 60, "large": 60, "train": 60}}
+    return {"budget_s": 450, "widths": None, "sizes": [512, 1024], "dtypes": ["float32", "bfloat16"],
+            "optimizers": ["optax-lbfgs", "lbfgs"], "large_optimizer": "optax-lbfgs", "iterations": 10, "chunk": 5,
+            "eval_repeats": 5, "static_variants": [list(v) for v in MEMORY_VARIANTS],
+            "adain_size": 512, "adain_batches": [1, 8, 32], "repeats": 5,
+            "large": [2160, 3840], "large_static": [[2160, 3840], 4096, 2048], "large_iterations": 3,
+            "large_tile": 1024, "train_crop": 256, "train_batches": [8, 16, 32], "train_steps": 5,
+            "boxes": {"gatys": 75, "adain": 45, "static": 45, "large": 35, "train": 30}}
+
+
+# Real runs at the large size: the plain program first, then what cuts memory.
+LARGE_VARIANTS = ({"remat": False, "dtype": "float32"}, {"remat": True, "dtype": "bfloat16"},
+                  {"remat": False, "dtype": "float32", "tiled": True})
+
+
+def run_gpu_suite(args, machine: dict, log) -> dict:
+    """Runs ``--suite gpu``: each job time-boxed in its own process, the JSON saved after each section.
+
+    A failing or timed-out job records ``{"error": ...}`` in ``errors`` and the suite goes on; no job
+    starts past the overall budget (recorded as skipped).
+    """
+    p = gpu_plan(args.smoke)
+    torch_on = args.compare_torch or (not args.no_torch and importlib.util.find_spec("torch") is not None)
+    result = {"schema": SCHEMA_VERSION, "suite": "gpu", "smoke": args.smoke, "machine": machine,
+              "settings": {**p, "compare_torch": torch_on}, "gatys": [], "adain": [], "largest": {},
+              "train": [], "errors": [], "skipped": []}
+    common = {"widths": p["widths"], "torch_threads": os.cpu_count()}
+    t_start = time.perf_counter()
+
+    def save():
+        result["wall_s"] = time.perf_counter() - t_start
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, args.out)
+
+    def job(box, **kw):
+        left = p["budget_s"] - (time.perf_counter() - t_start)
+        if left < 5:
+            result["skipped"].append({"kind": kw["kind"], "job": _describe(kw), "reason": "suite budget spent"})
+            return {"error": "skipped"}
+        r = run_job({**common, **kw}, log, args.cache_dir, timeout=min(box, left))
+        if "error" in r:
+            result["errors"].append(r)
+        return r
+
+    save()
+    for size in p["sizes"]:
+        for dtype in p["dtypes"]:
+            log(f"gatys {size}px {dtype}")
+            t = job(p["boxes"]["gatys"], kind="gatys", size=size, dtype=dtype, iterations=p["iterations"],
+                    chunk=p["chunk"], optimizers=p["optimizers"], eval_repeats=p["eval_repeats"],
+                    torch=torch_on and dtype == "float32", chunks=[], chunk_iterations=1, chunk_repeats=1)
+            if "error" not in t:
+                for run in t["runs"]:
+                    row = {"size": size, "dtype": dtype, **{k: run[k] for k in (
+                        "optimizer", "s_per_iter", "compile_s", "final_loss", "iterations", "evals_per_iter")}}
+                    torch_lbfgs = t["torch"].get("lbfgs")
+                    if torch_lbfgs:
+                        row["torch_s_per_iter"] = torch_lbfgs["s_per_iter"]
+                        row["ratio_vs_torch"] = _ratio(run["s_per_iter"], torch_lbfgs["s_per_iter"])
+                    result["gatys"].append(row)
+            save()
+
+    log(f"adain {p['adain_size']}px")
+    a = job(p["boxes"]["adain"], kind="adain", sizes=[p["adain_size"]], batches=p["adain_batches"],
+            repeats=p["repeats"], torch=torch_on, widths=_adain_widths(p["widths"]))
+    if "error" not in a:
+        result["adain"] = a["rows"]
+    save()
+
+    h, w = p["large"]
+    log(f"largest image: XLA's memory plan, then real runs at {h}x{w}")
+    static = job(p["boxes"]["static"], kind="memory-static", sizes=p["large_static"],
+                 variants=p["static_variants"], iterations=1)
+    if "error" not in static:
+        result["largest"]["static"] = static["rows"]
+    save()
+    runs = result["largest"].setdefault("runs", [])
+    for variant in LARGE_VARIANTS:
+        r = job(p["boxes"]["large"], kind="gatys-large", height=h, width=w, optimizer=p["large_optimizer"],
+                iterations=p["large_iterations"], chunk=1, remat=variant["remat"], dtype=variant["dtype"],
+                tile_size=p["large_tile"] if variant.get("tiled") else None)
+        runs.append(r if "error" not in r else {**variant, "height": h, "width": w, "error": r["error"]})
+        save()
+
+    for batch in p["train_batches"]:
+        log(f"training step, batch {batch}")
+        r = job(p["boxes"]["train"], kind="train", crop=p["train_crop"], batch=batch, steps=p["train_steps"],
+                torch=torch_on, widths=_adain_widths(p["widths"]))
+        if "error" not in r:
+            result["train"].append(r)
+        save()
+    save()
+    return result
+
+
+def _adain_widths(widths):
+    return {k: widths[k] for k in (1, 2, 3, 4)} if widths else None  # the encoder stops at relu4_1
+
+
+def render_gpu_markdown(result: dict) -> str:
+    """The tables of a ``--suite gpu`` result."""
+    m = result["machine"]
+    lines = [f"### GPU: {m.get('device_kind')} (jax {m.get('versions', {}).get('jax')})", ""]
+    lines += _table(["size", "dtype", "optimizer", "ms/iteration", "PyTorch ms/iteration", "JAX/PyTorch",
+                     "compile s", "final loss"],
+                    [[r["size"], r["dtype"], r["optimizer"], _fmt(_ms(r.get("s_per_iter"))),
+                      _fmt(_ms(r.get("torch_s_per_iter"))), _fmt(r.get("ratio_vs_torch")), _fmt(r.get("compile_s")),
+                      _fmt(r.get("final_loss"))] for r in result["gatys"]])
+    lines += [""] + _table(["AdaIN size", "batch", "images/s", "PyTorch images/s"],
+                           [[r["size"], r["batch"], _fmt(r.get("images_per_s")),
+                             _fmt(r.get("torch", {}).get("images_per_s"))] for r in result["adain"]])
+    static = result["largest"].get("static", [])
+    lines += [""] + _table(["plan size", "remat", "dtype", "XLA plan GiB"],
+                           [[s["size"] if isinstance(s["size"], int) else "x".join(map(str, s["size"])),
+                             s["remat"], s["dtype"], _fmt(s["peak_bytes"] / 2**30)] for s in static])
+    lines += [""] + _table(["run", "remat", "dtype", "tile", "s/iteration", "device peak GiB", "result"],
+                           [[f"{r.get('height')}x{r.get('width')}", r.get("remat"), r.get("dtype"),
+                             r.get("tile_size") or ("yes" if r.get("tiled") else "-"), _fmt(r.get("s_per_iter")),
+                             _fmt((r.get("device_peak_bytes") or 0) / 2**30 or None), r.get("error", "ok")]
+                            for r in result["largest"].get("runs", [])])
+    lines += [""] + _table(["train crop", "batch", "images/s", "PyTorch images/s"],
+                           [[r["crop"], r["batch"], _fmt(r["batch"] / r["step_s"]),
+                             _fmt(r.get("torch", {}).get("images_per_s"))] for r in result["train"]])
+    if result["errors"] or result.get("skipped"):
+        lines += ["", f"{len(result['errors'])} failed job(s), {len(result.get('skipped', []))} skipped"]
+    return "\n".join(lines) + "\n"
+
+
+def _ms(seconds):
+    return None if seconds is None else 1000 * seconds
+
+
+# ================================================================================================
 # Markdown
 
 
@@ -1274,6 +1459,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fidelity-size", type=_nonnegative, help="image size of the bfloat16 fidelity check (0: skip)")
     p.add_argument("--torch-threads", type=_positive, help="torch.set_num_threads (default: the CPU count)")
     p.add_argument("--budget-gib", dest="budgets_gib", type=_floats, help="memory budgets for the largest image")
+    p.add_argument("--suite", choices=("gpu",), help="gpu: the one-command GPU suite (Gatys 512/1024 px float32 and "
+                   "bfloat16 against PyTorch, AdaIN 512 px batches 1/8/32, the largest image incl. 3840x2160, "
+                   "training batches 8/16/32) in under 8 minutes, writing benchmarks/gpu.json and gpu.md; "
+                   "see scripts/gpu_wheels.sh for the wheels a device image without network needs")
+    p.add_argument("--smoke", action="store_true", help="with --suite gpu: the same code paths at tiny sizes (CPU, tests)")
+    p.add_argument("--no-torch", action="store_true", help="with --suite gpu: skip PyTorch even when installed")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p
 
@@ -1291,6 +1482,9 @@ def main(argv=None) -> int:
             return 2
         sys.stdout.write(render_markdown(result))
         return 0
+    if args.smoke and args.suite != "gpu":
+        print("error: --smoke goes with --suite gpu", file=sys.stderr)
+        return 2
     if args.only and not set(args.only) <= set(SECTIONS):
         print(f"error: --only takes {', '.join(SECTIONS)}, got {','.join(args.only)}", file=sys.stderr)
         return 2
@@ -1318,6 +1512,19 @@ def main(argv=None) -> int:
         print(f"error: a JAX worker failed to start ({machine['error']}); check the JAX installation",
               file=sys.stderr)
         return 2
+    if args.suite == "gpu":
+        from nst_jax import compile_cache
+
+        args.out = args.out or str(ROOT / "benchmarks" / ("gpu-smoke.json" if args.smoke else "gpu.json"))
+        # Programs compiled by one worker are loaded by the next (and by a rerun of the suite).
+        cache = compile_cache.cache_path()
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+        args.cache_dir = str(cache) if cache is not None else None
+        result = run_gpu_suite(args, machine, log)
+        Path(args.out).with_suffix(".md").write_text(render_gpu_markdown(result), encoding="utf-8")
+        log(f"wrote {args.out} in {time.perf_counter() - t0:.0f}s; {len(result['errors'])} failed job(s)")
+        return 1 if result["errors"] or result["skipped"] else 0
     if args.out is None:
         args.out = str(ROOT / "benchmarks" / ("quick.json" if args.quick else f"{machine['backend']}.json"))
     with tempfile.TemporaryDirectory(prefix="nst-bench-cache-") as cache_dir:

@@ -27,6 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
+# The GPU when there is one (the GPU benchmark suite compares on the same card), else the CPU.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sync() -> None:
+    """Waits for queued GPU work, so that wall-clock timings measure it (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
 BLOCKS = (2, 2, 4, 4, 4)  # convs per block of VGG-19 (configuration E)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,11 +68,11 @@ def _conv(p: Mapping[str, np.ndarray], padding: int) -> nn.Conv2d:
 
 def nchw(image: np.ndarray) -> torch.Tensor:
     """NHWC numpy [0, 1] to a contiguous NCHW float32 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(0, 3, 1, 2)))
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(0, 3, 1, 2))).to(DEVICE)
 
 
 def nhwc(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().permute(0, 2, 3, 1).contiguous().numpy()
+    return tensor.detach().permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -95,15 +104,15 @@ class GatysTorch:
                 modules.append(nn.ReLU(inplace=False))  # outputs are kept for the losses
             else:
                 modules.append(nn.MaxPool2d(2, 2))
-        self.net = nn.Sequential(*modules).eval()
+        self.net = nn.Sequential(*modules).eval().to(DEVICE)
         self.names = names[: last + 1]
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
         self.alpha, self.beta = float(content_weight), float(style_weight)
         n = len(self.style_layers)
         self.omega = [1.0 / n] * n if style_layer_weights is None else [float(w) for w in style_layer_weights]
-        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=DEVICE).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=DEVICE).view(1, 3, 1, 1)
         with torch.no_grad():  # targets computed once
             c = self.features(nchw(content))
             s = self.features(nchw(style))
@@ -186,6 +195,7 @@ class GatysTorchRun:
         for _ in range(n):
             self._first_in_step = True
             self.opt.step(self._closure)
+        sync()
         dt = time.perf_counter() - t0
         self.iterations += n
         self.seconds.append((n, dt))
@@ -247,7 +257,8 @@ class AdainTorch:
 
     def __init__(self, vgg_params, decoder_params, decoder_layer_names: Sequence[str]):
         self.encoder, self.names = adain_encoder(vgg_params)
-        self.decoder = adain_decoder(decoder_params, decoder_layer_names)
+        self.encoder.to(DEVICE)
+        self.decoder = adain_decoder(decoder_params, decoder_layer_names).to(DEVICE)
         # net.py splits the encoder into enc_1..enc_4 ending at relu1_1..relu4_1.
         ends = [self.names.index(n) + 1 for n in self.STYLE_LAYERS]
         starts = [0] + ends[:-1]
@@ -269,7 +280,9 @@ class AdainTorch:
             style_f = self.encode(style)
             feat = adaptive_instance_normalization(content_f, style_f)
             feat = feat * alpha + content_f * (1 - alpha)
-            return self.decoder(feat).clamp(0.0, 1.0)
+            out = self.decoder(feat).clamp(0.0, 1.0)
+        sync()  # the caller times this call
+        return out
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """net.py ``Net.forward``: (loss_c, loss_s) with nn.MSELoss reductions."""

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from tqdm import tqdm
 
-from nst_jax import cli, train
+from nst_jax import cli, compile_cache, train
 
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -98,6 +98,7 @@ class _ProgressBar:
 
 def _run(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    compile_cache.enable()  # before the first compile; the library itself never sets it
     config = train.TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(train.TrainConfig)})
     train.check_config(config)
     stop = threading.Event()

@@ -241,3 +241,50 @@ def test_bad_arguments_exit_2(tmp_path):
     assert proc.returncode == 2 and "error:" in proc.stderr
     proc = run_script("--optimizers", "lbfgs,sgd", timeout=60)
     assert proc.returncode == 2 and "unknown optimizer 'sgd'" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPU suite, smoke-sized: the same code paths as on the GPU, so the real run cannot fail on a typo
+
+
+@pytest.mark.slow
+def test_gpu_suite_smoke(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = run_script("--suite", "gpu", "--smoke", "--no-torch", "--out", str(out))
+    r = json.loads(out.read_text())
+    assert proc.returncode == 0, (r.get("errors"), r.get("skipped"), proc.stderr[-2000:])
+    assert r["suite"] == "gpu" and r["smoke"] and r["errors"] == [] and r["skipped"] == []
+    p = r["settings"]
+    assert {(g["size"], g["dtype"], g["optimizer"]) for g in r["gatys"]} == {
+        (s, d, o) for s in p["sizes"] for d in p["dtypes"] for o in p["optimizers"]}
+    assert all(positive(g["s_per_iter"]) and math.isfinite(g["final_loss"]) for g in r["gatys"])
+    assert [a["batch"] for a in r["adain"]] == p["adain_batches"]
+    assert all(positive(a["images_per_s"]) for a in r["adain"])
+    static = r["largest"]["static"]
+    assert len(static) == len(p["large_static"]) * len(p["static_variants"])
+    assert all(s["peak_bytes"] > s["lbfgs_state_bytes"] > 0 for s in static)
+    runs = r["largest"]["runs"]
+    assert [(x["height"], x["width"]) for x in runs] == [tuple(p["large"])] * 3
+    assert [x["tile_size"] for x in runs] == [None, None, p["large_tile"]] and all(x["finite"] for x in runs)
+    assert [t["batch"] for t in r["train"]] == p["train_batches"]
+    md = out.with_suffix(".md").read_text()
+    assert sum(line.startswith("|---") for line in md.splitlines()) == 5 and "failed" not in md
+
+
+def test_gpu_suite_records_a_failing_job_and_goes_on(tmp_path, monkeypatch):
+    bench = load_benchmark()
+    calls = []
+
+    def fake_run_job(job, log, cache_dir=None, timeout=None):
+        calls.append(job["kind"])
+        return {"error": "boom", "job": job} if job["kind"] == "gatys" else {"rows": []}
+
+    monkeypatch.setattr(bench, "run_job", fake_run_job)
+    args = bench.parser().parse_args(["--suite", "gpu", "--smoke", "--no-torch", "--out", str(tmp_path / "g.json")])
+    args.cache_dir = None
+    result = bench.run_gpu_suite(args, {"backend": "cpu"}, lambda msg: None)
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert [e["error"] for e in saved["errors"]] == ["boom", "boom"]  # the two gatys jobs, saved
+    # Every later section still ran: adain, the memory plan, three large runs, each train batch.
+    assert calls.count("adain") == 1 and calls.count("memory-static") == 1 and calls.count("gatys-large") == 3
+    assert calls.count("train") == len(bench.gpu_plan(True)["train_batches"])
