@@ -109,9 +109,9 @@ def test_load_vgg19_never_reads_the_classifier(monkeypatch):
     read = []
     original = _pth._ZipCheckpoint._read_root
 
-    def spy(self, key):
+    def spy(self, key, nbytes):
         read.append(key)
-        return original(self, key)
+        return original(self, key, nbytes)
 
     monkeypatch.setattr(_pth._ZipCheckpoint, "_read_root", spy)
     weights.load_vgg19(path)
