@@ -923,13 +923,15 @@ def read_zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, n: int) -> b
 
 
 def open_zip(f: BinaryIO, source: str) -> zipfile.ZipFile:
-    """Opens a zip after checking, from its end record, that its directory is of bounded size."""
-    try:
-        end = zipfile._EndRecData(f)  # the (zip64-aware) end-of-central-directory record
-    except OSError as err:
-        raise WeightsError(f"{source} is a corrupt or truncated zip file ({err}); download it again") from None
+    """Opens a zip after checking, from its end record, that its directory is of bounded size.
+
+    Raises:
+      zipfile.BadZipFile, OSError: not a zip, or unreadable.
+      WeightsError: the directory lists more than MAX_ZIP_ENTRIES entries.
+    """
+    end = zipfile._EndRecData(f)
     if end is None:
-        raise WeightsError(f"{source} is a corrupt or truncated zip file (no end record); download it again")
+        raise zipfile.BadZipFile("no end-of-directory record")
     entries = end[zipfile._ECD_ENTRIES_TOTAL]
     if entries > MAX_ZIP_ENTRIES or end[zipfile._ECD_SIZE] > MAX_ZIP_ENTRIES * 1024:
         raise WeightsError(f"refused to load {source}: its zip directory lists {entries} entries, "
