@@ -668,8 +668,9 @@ class WeightsSpec:
     """A downloadable weights file.
 
     ``sha256_prefix`` is checked as ``torch.hub`` does (the ``-<hex>`` part of the file name);
-    ``sha256`` is a full digest when known. With neither, the digest of the first download is
-    recorded next to it and later downloads must match it.
+    ``sha256`` is a full digest when known (pinned for every registry entry that has one). With
+    neither, the digest of the first download is recorded next to it and later downloads must
+    match it. A cached copy is verified before use as well.
     """
 
     url: str
@@ -688,10 +689,12 @@ WEIGHTS: dict[str, WeightsSpec] = {
     "adain_vgg": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/vgg_normalised.pth",
         filename="adain_vgg_normalised.pth", kind="adain_vgg", flag="--vgg",
+        sha256="804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a",
     ),
     "adain_decoder": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/decoder.pth",
         filename="adain_decoder.pth", kind="adain_decoder", flag="--decoder",
+        sha256="379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472",
     ),
 }
 
@@ -785,6 +788,27 @@ def _stream(spec: WeightsSpec, out: BinaryIO, progress: Progress | None, opener)
     return digest.hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_folder(spec: WeightsSpec) -> Path:
+    """:func:`cache_dir`, created if missing; a path that exists as a non-folder is refused."""
+    folder = cache_dir()
+    fix = f"set NST_JAX_CACHE to a writable folder or pass {spec.flag} PATH"
+    if folder.exists() and not folder.is_dir():
+        raise DownloadError(f"the weights cache {folder} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the weights cache {folder} ({err.strerror or err}); {fix}") from None
+    return folder
+
+
 def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
           opener: Callable[..., BinaryIO] = urllib.request.urlopen, force: bool = False) -> Path:
     """Downloads a registry file into :func:`cache_dir` and verifies its SHA-256, as torch.hub does.
@@ -806,20 +830,22 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
       ChecksumError: the digest does not match; the download was discarded.
     """
     spec = _spec(name)
-    folder = cache_dir()
+    folder = _cache_folder(spec)
     dest = folder / spec.filename
+    expected = (spec.sha256 or spec.sha256_prefix or hash_prefix_from_url(spec.url)
+                or _recorded_hash(dest))
     if dest.is_file() and not force:
-        return dest
+        # A cached copy is verified too (it may be a truncated or altered file); a bad one is
+        # downloaded again and replaced only if the new download verifies.
+        if expected is None or _file_sha256(dest).startswith(expected.lower()):
+            return dest
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(folder, spec.filename, ".part")
     except OSError as err:
         raise DownloadError(
-            f"cannot create the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
+            f"cannot write in the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
             f"writable folder or pass {spec.flag} PATH"
         ) from None
-    expected = (spec.sha256 or spec.sha256_prefix or hash_prefix_from_url(spec.url)
-                or _recorded_hash(dest))
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _stream(spec, out, progress, opener)

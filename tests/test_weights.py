@@ -307,7 +307,9 @@ def test_registry():
     for name in ("adain_vgg", "adain_decoder"):
         spec = weights.WEIGHTS[name]
         assert spec.url.startswith("https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/")
-        assert spec.sha256 is None and weights.hash_prefix_from_url(spec.url) is None
+        assert weights.hash_prefix_from_url(spec.url) is None
+    assert weights.WEIGHTS["adain_vgg"].sha256 == "804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a"
+    assert weights.WEIGHTS["adain_decoder"].sha256 == "379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472"
     assert {n: s.kind for n, s in weights.WEIGHTS.items()} == {k: k for k in weights.KINDS}
     assert {s.kind: s.flag for s in weights.WEIGHTS.values()} == FLAGS
 
