@@ -900,7 +900,9 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
+# What zipfile raises on damaged archives: a flipped flag bit gives NotImplementedError, a
+# mangled name UnicodeDecodeError (a ValueError), a bad record BadZipFile or EOFError.
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError)
 
 
 def check_zip_entry(info: zipfile.ZipInfo, source: str, limit: int, what: str) -> None:
@@ -968,7 +970,7 @@ class _ZipCheckpoint(Checkpoint):
             obj = RestrictedUnpickler(io.BytesIO(data), persistent_load=self._persistent_load,
                                       source=str(path)).load()
             self._finish(obj)
-        except _ZIP_ERRORS as err:
+        except ZIP_ERRORS as err:
             self.close()
             raise WeightsError(
                 f"{path} is a corrupt or truncated zip file ({brief(str(err))}); download it again"
@@ -998,7 +1000,7 @@ class _ZipCheckpoint(Checkpoint):
             )
         try:
             data = read_zip_entry(self._zip, info, nbytes)
-        except _ZIP_ERRORS as err:
+        except ZIP_ERRORS as err:
             raise WeightsError(
                 f"{self.source} is corrupt ({brief(name)}: {brief(str(err))}); download it again"
             ) from None

@@ -353,7 +353,7 @@ class _Npz:
         try:
             self._zip = _pth.open_zip(self._file, str(path))
             infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as err:
+        except _pth.ZIP_ERRORS as err:
             self._file.close()
             raise _npz_error(path, _pth.brief(str(err))) from None
         except WeightsError:
@@ -383,7 +383,7 @@ class _Npz:
                 header = np.lib.format.read_array_header_2_0(member, max_header_size=_MAX_NPY_HEADER)
             else:
                 raise ValueError(f"unsupported .npy version {version}")
-        except (ValueError, EOFError, OSError, zlib.error, zipfile.BadZipFile, SyntaxError) as err:
+        except (*_pth.ZIP_ERRORS, SyntaxError) as err:
             raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
         shape, fortran, dtype = header
         if dtype.hasobject:
@@ -397,7 +397,7 @@ class _Npz:
         try:
             with self._zip.open(info) as member:
                 shape, _, dtype = self._read_header(member, key)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        except _pth.ZIP_ERRORS as err:
             raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
         return shape, dtype
 
@@ -415,7 +415,7 @@ class _Npz:
                 if nbytes > info.file_size:
                     raise _npz_error(self.path, f"member {_pth.brief(key)} is shorter than its header says")
                 data = member.read(nbytes)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        except _pth.ZIP_ERRORS as err:
             raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
         if len(data) != nbytes:
             raise _npz_error(self.path, f"member {_pth.brief(key)} is truncated")
