@@ -57,6 +57,9 @@ MAX_PICKLE_BYTES = 1 << 20
 # Containers nest ~4 levels in a state dict (wrapper dict, OrderedDict, args tuple, size tuple, the
 # _metadata dicts); deeper nesting only serves to crash hashing or repr by C recursion.
 MAX_NESTING = 16
+# Containers and memo entries a pickle may create (~4 containers and ~8 memo entries per tensor);
+# with the byte bound this keeps the interpreter's memory to tens of MB whatever the opcodes.
+MAX_PICKLE_OBJECTS = 1 << 17
 # The largest tensor any reader accepts (1 GiB of float32; VGG-19's largest, fc6, has 102.8M).
 MAX_TENSOR_ELEMENTS = 1 << 28
 # A checkpoint has one zip entry per storage plus a few; the central directory is parsed whole.
@@ -439,8 +442,21 @@ class RestrictedUnpickler:
         """Registers a container just built from ``children``; returns it."""
         depth = 1 + max((self._seal(c) for c in children), default=0)
         self._check_depth(depth)
+        if len(self._nesting) >= MAX_PICKLE_OBJECTS:
+            raise self._too_many("containers")
         self._nesting[id(container)] = [container, depth, False]
         return container
+
+    def _too_many(self, what: str) -> WeightsError:
+        return WeightsError(
+            f"refused to load {self._source}: its pickle creates more than {MAX_PICKLE_OBJECTS} {what}, "
+            "far more than a state dict of tensors needs (the file is corrupt or crafted)"
+        )
+
+    def _memoize(self, key: int) -> None:
+        if len(self._memo) >= MAX_PICKLE_OBJECTS and key not in self._memo:
+            raise self._too_many("memo entries")
+        self._memo[key] = self._stack[-1]
 
     def _insert(self, target: Any, children: Any, op: str) -> None:
         """Accounts for ``children`` being added to the mutable ``target``."""
@@ -664,16 +680,16 @@ class RestrictedUnpickler:
 
     # -- memo
     def op_put(self):
-        self._memo[int(self._readline())] = self._stack[-1]
+        self._memoize(int(self._readline()))
 
     def op_binput(self):
-        self._memo[self._read(1)[0]] = self._stack[-1]
+        self._memoize(self._read(1)[0])
 
     def op_long_binput(self):
-        self._memo[self._unpack("<I")] = self._stack[-1]
+        self._memoize(self._unpack("<I"))
 
     def op_memoize(self):
-        self._memo[len(self._memo)] = self._stack[-1]
+        self._memoize(len(self._memo))
 
     def op_get(self):
         self._push(self._memo[int(self._readline())])

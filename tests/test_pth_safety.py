@@ -367,6 +367,8 @@ def test_zip_and_legacy_helpers_build_readable_files(tmp_path):
         (b"\x80\x02]q\x00]q\x01h\x00ah\x01a.", "already nested"),  # a contains b contains a
         (b"\x80\x02}]K\x01s.", "unhashable"),
         (b"\x80\x02]" + b"N" * (2 << 20) + b".", "larger than 1048576 bytes"),
+        (b"\x80\x02" + b"]" * (1 << 18) + b".", "more than 131072 containers"),
+        (b"\x80\x04N" + b"\x94" * (1 << 18) + b".", "more than 131072 memo entries"),
         (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b".", "larger than"),  # BINBYTES8 of 1 TiB
         (b"\x80\x02X" + struct.pack("<I", 2**32 - 1) + b".", "larger than"),
     ],
