@@ -32,6 +32,8 @@ import dataclasses
 import io
 import math
 import os
+import reprlib
+import stat
 import struct
 import zipfile
 import zlib
@@ -47,6 +49,31 @@ from nst_jax.errors import UnsafePickleError, WeightsError
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _HIGHEST_PICKLE_PROTOCOL = 5
+
+# Resource bounds. A state-dict pickle spends ~100-300 bytes per tensor (key, storage record, size
+# and stride tuples, hook dict); torchvision's VGG-19 has 38 tensors, AdaIN's encoder 54. 1 MiB holds
+# thousands of tensors, yet is interpreted in well under a second and can build only ~1M objects.
+MAX_PICKLE_BYTES = 1 << 20
+# Containers nest ~4 levels in a state dict (wrapper dict, OrderedDict, args tuple, size tuple, the
+# _metadata dicts); deeper nesting only serves to crash hashing or repr by C recursion.
+MAX_NESTING = 16
+# Containers and memo entries a pickle may create (~4 containers and ~8 memo entries per tensor);
+# with the byte bound this keeps the interpreter's memory to tens of MB whatever the opcodes.
+MAX_PICKLE_OBJECTS = 1 << 17
+# The largest tensor any reader accepts (1 GiB of float32; VGG-19's largest, fc6, has 102.8M).
+MAX_TENSOR_ELEMENTS = 1 << 28
+# A checkpoint has one zip entry per storage plus a few; the central directory is parsed whole.
+MAX_ZIP_ENTRIES = 1 << 16
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)  # torch.save and np.savez(_compressed)
+
+_brief = reprlib.Repr()
+_brief.maxstring = _brief.maxother = 60
+_brief.maxlevel = 3
+
+
+def brief(value: Any) -> str:
+    """A short one-line repr of a value taken from an untrusted file, for error messages."""
+    return " ".join(_brief.repr(value).split())
 
 
 # --- storage and tensor references --------------------------------------------------------------
@@ -133,7 +160,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, (tuple, list)) or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
     ):
-        raise WeightsError(f"corrupt tensor record: {what} {value!r} is not a tuple of non-negative ints")
+        raise WeightsError(f"corrupt tensor record: {what} {brief(value)} is not a tuple of non-negative ints")
     return tuple(value)
 
 
@@ -145,7 +172,12 @@ def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -
     shape = _ints(size, "size")
     strides = _ints(stride, "stride")
     if len(shape) != len(strides):
-        raise WeightsError(f"corrupt tensor record: size {shape} and stride {strides} differ in rank")
+        raise WeightsError(f"corrupt tensor record: size {brief(shape)} and stride {brief(strides)} differ in rank")
+    if math.prod(shape) > MAX_TENSOR_ELEMENTS:
+        raise WeightsError(
+            f"corrupt tensor record: size {brief(shape)} has more than {MAX_TENSOR_ELEMENTS} elements, "
+            "more than any supported network needs"
+        )
     return TensorRef(storage, offset, shape, strides)
 
 
@@ -253,19 +285,65 @@ _CORRUPT = (IndexError, KeyError, TypeError, ValueError, struct.error, UnicodeDe
             OverflowError, AttributeError)
 
 
+class PickleBudget:
+    """A binary reader that refuses to deliver more than ``limit`` bytes in total.
+
+    Shared by the consecutive pickles of a legacy file, so their sum is bounded; a length field
+    beyond the budget is refused before anything of that length is read or allocated.
+    """
+
+    def __init__(self, file: BinaryIO, source: str, limit: int = MAX_PICKLE_BYTES):
+        self._file = file
+        self._source = source
+        self.limit = limit
+        self.left = limit
+
+    def _too_large(self) -> WeightsError:
+        return WeightsError(
+            f"refused to load {self._source}: its pickle is larger than {self.limit} bytes, far more "
+            "than a state dict of tensors needs (the file is corrupt or not a weights file)"
+        )
+
+    def read(self, n: int) -> bytes:
+        if n > self.left:
+            raise self._too_large()
+        data = self._file.read(n)
+        self.left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._file.readline(self.left + 1)
+        if len(line) > self.left:
+            raise self._too_large()
+        self.left -= len(line)
+        return line
+
+
+# Mutable containers the machine builds; each is tracked for nesting depth and cycles.
+_MUTABLE = (list, dict, collections.OrderedDict, set)
+_CONTAINERS = (*_MUTABLE, tuple, frozenset)
+
+
 class RestrictedUnpickler:
     """Interprets a pickle that may only rebuild containers, numbers, strings and tensors.
 
+    Containers may nest at most :data:`MAX_NESTING` deep, and a mutable container may not change
+    once it is inside another; with that rule no cycle can be built (the last link of a cycle
+    would have to modify a container already nested in it), so hashing, comparing and printing
+    what a pickle built always terminates within bounded C recursion.
+
     Args:
-      file: binary file positioned at the pickle; left just after its STOP opcode.
+      file: binary file positioned at the pickle (or a :class:`PickleBudget` over it); left just
+        after its STOP opcode.
       persistent_load: called with each persistent id (torch's storage records); ``None`` refuses
         persistent ids.
       source: file name for error messages.
+      max_bytes: the most bytes the pickle may span (ignored when ``file`` is a PickleBudget).
     """
 
     def __init__(self, file: BinaryIO, *, persistent_load: Callable[[Any], Any] | None = None,
-                 source: str = "pickle"):
-        self._file = file
+                 source: str = "pickle", max_bytes: int = MAX_PICKLE_BYTES):
+        self._file = file if isinstance(file, PickleBudget) else PickleBudget(file, source, max_bytes)
         self._persistent = persistent_load
         self._source = source
         self._dispatch = {op: getattr(self, name) for op, name in _DISPATCH.items()}
@@ -284,7 +362,7 @@ class RestrictedUnpickler:
     def persistent_load(self, pid: Any) -> Any:
         """Resolves a persistent id through the callback given at construction."""
         if self._persistent is None:
-            raise WeightsError(f"corrupt checkpoint {self._source}: unexpected persistent id {pid!r}")
+            raise WeightsError(f"corrupt checkpoint {self._source}: unexpected persistent id {brief(pid)}")
         return self._persistent(pid)
 
     def load(self) -> Any:
@@ -297,6 +375,8 @@ class RestrictedUnpickler:
         self._stack: list[Any] = []
         self._metastack: list[list[Any]] = []
         self._memo: dict[int, Any] = {}
+        # id -> [container, nesting depth, sealed]; holding the container keeps its id unique.
+        self._nesting: dict[int, list[Any]] = {}
         read = self._file.read
         while True:
             op = read(1)
@@ -318,8 +398,9 @@ class RestrictedUnpickler:
             try:
                 handler()
             except _CORRUPT as err:
+                detail = " ".join(str(err).split())[:120]
                 raise WeightsError(
-                    f"corrupt pickle in {self._source}: {type(err).__name__} at opcode {op!r}: {err}"
+                    f"corrupt pickle in {self._source}: {type(err).__name__} at opcode {op!r}: {detail}"
                 ) from None
 
     # -- reading helpers
@@ -345,6 +426,56 @@ class RestrictedUnpickler:
 
     def _push(self, value: Any) -> None:
         self._stack.append(value)
+
+    # -- nesting: depth bound and no changes to a nested container (hence no cycles)
+    def _seal(self, value: Any) -> int:
+        """Marks ``value`` as nested in another container; returns its nesting depth."""
+        if not isinstance(value, _CONTAINERS):
+            return 0
+        entry = self._nesting.get(id(value))
+        if entry is None:  # built outside the tracked opcodes (cannot happen); count it as flat
+            entry = self._nesting[id(value)] = [value, 1, False]
+        entry[2] = True
+        return entry[1]
+
+    def _built(self, container: Any, children: Any = ()) -> Any:
+        """Registers a container just built from ``children``; returns it."""
+        depth = 1 + max((self._seal(c) for c in children), default=0)
+        self._check_depth(depth)
+        if len(self._nesting) >= MAX_PICKLE_OBJECTS:
+            raise self._too_many("containers")
+        self._nesting[id(container)] = [container, depth, False]
+        return container
+
+    def _too_many(self, what: str) -> WeightsError:
+        return WeightsError(
+            f"refused to load {self._source}: its pickle creates more than {MAX_PICKLE_OBJECTS} {what}, "
+            "far more than a state dict of tensors needs (the file is corrupt or crafted)"
+        )
+
+    def _memoize(self, key: int) -> None:
+        if len(self._memo) >= MAX_PICKLE_OBJECTS and key not in self._memo:
+            raise self._too_many("memo entries")
+        self._memo[key] = self._stack[-1]
+
+    def _insert(self, target: Any, children: Any, op: str) -> None:
+        """Accounts for ``children`` being added to the mutable ``target``."""
+        depth = 1 + max((self._seal(c) for c in children), default=0)
+        entry = self._nesting.get(id(target))
+        if entry is None or entry[2]:
+            raise WeightsError(
+                f"refused to load {self._source}: opcode {op} changes a container that is already "
+                "nested in another (a cyclic or crafted pickle; torch.save never writes one)"
+            )
+        entry[1] = max(entry[1], depth)
+        self._check_depth(entry[1])
+
+    def _check_depth(self, depth: int) -> None:
+        if depth > MAX_NESTING:
+            raise WeightsError(
+                f"refused to load {self._source}: its pickle nests containers more than {MAX_NESTING} "
+                "deep; a state dict needs a few levels (the file is corrupt or crafted)"
+            )
 
     def _pop_mark(self) -> list[Any]:
         items = self._stack
@@ -463,13 +594,15 @@ class RestrictedUnpickler:
 
     # -- containers (mutating opcodes touch only the built-in types created here)
     def op_empty_tuple(self):
-        self._push(())
+        self._push(self._built(()))
 
     def op_tuple(self):
-        self._push(tuple(self._pop_mark()))
+        items = self._pop_mark()
+        self._push(self._built(tuple(items), items))
 
     def op_tuple1(self):
-        self._stack[-1] = (self._stack[-1],)
+        item = self._stack[-1]
+        self._stack[-1] = self._built((item,), (item,))
 
     def op_tuple2(self):
         self._tuple_n(2)
@@ -480,13 +613,15 @@ class RestrictedUnpickler:
     def _tuple_n(self, n: int) -> None:
         if len(self._stack) < n:
             raise IndexError(f"TUPLE{n} on a stack of {len(self._stack)}")
-        self._stack[-n:] = [tuple(self._stack[-n:])]
+        items = tuple(self._stack[-n:])
+        self._stack[-n:] = [self._built(items, items)]
 
     def op_empty_list(self):
-        self._push([])
+        self._push(self._built([]))
 
     def op_list(self):
-        self._push(self._pop_mark())
+        items = self._pop_mark()
+        self._push(self._built(list(items), items))
 
     def _target(self, types: tuple[type, ...], op: str) -> Any:
         target = self._stack[-1]
@@ -499,52 +634,62 @@ class RestrictedUnpickler:
 
     def op_append(self):
         value = self._stack.pop()
-        self._target((list,), "APPEND").append(value)
+        target = self._target((list,), "APPEND")
+        self._insert(target, (value,), "APPEND")
+        target.append(value)
 
     def op_appends(self):
         items = self._pop_mark()
-        self._target((list,), "APPENDS").extend(items)
+        target = self._target((list,), "APPENDS")
+        self._insert(target, items, "APPENDS")
+        target.extend(items)
 
     def op_empty_dict(self):
-        self._push({})
+        self._push(self._built({}))
 
     def op_dict(self):
         items = self._pop_mark()
-        self._push(dict(zip(items[::2], items[1::2])))
+        self._push(self._built(dict(zip(items[::2], items[1::2])), items))
 
     def op_setitem(self):
         value = self._stack.pop()
         key = self._stack.pop()
-        self._target((dict, collections.OrderedDict), "SETITEM")[key] = value
+        target = self._target((dict, collections.OrderedDict), "SETITEM")
+        self._insert(target, (key, value), "SETITEM")
+        target[key] = value
 
     def op_setitems(self):
         items = self._pop_mark()
         target = self._target((dict, collections.OrderedDict), "SETITEMS")
+        self._insert(target, items, "SETITEMS")
         for i in range(0, len(items) - 1, 2):
             target[items[i]] = items[i + 1]
 
     def op_empty_set(self):
-        self._push(set())
+        self._push(self._built(set()))
 
     def op_additems(self):
         items = self._pop_mark()
-        self._target((set,), "ADDITEMS").update(items)
+        target = self._target((set,), "ADDITEMS")
+        self._insert(target, items, "ADDITEMS")
+        target.update(items)
 
     def op_frozenset(self):
-        self._push(frozenset(self._pop_mark()))
+        items = self._pop_mark()
+        self._push(self._built(frozenset(items), items))
 
     # -- memo
     def op_put(self):
-        self._memo[int(self._readline())] = self._stack[-1]
+        self._memoize(int(self._readline()))
 
     def op_binput(self):
-        self._memo[self._read(1)[0]] = self._stack[-1]
+        self._memoize(self._read(1)[0])
 
     def op_long_binput(self):
-        self._memo[self._unpack("<I")] = self._stack[-1]
+        self._memoize(self._unpack("<I"))
 
     def op_memoize(self):
-        self._memo[len(self._memo)] = self._stack[-1]
+        self._memoize(len(self._memo))
 
     def op_get(self):
         self._push(self._memo[int(self._readline())])
@@ -584,7 +729,10 @@ class RestrictedUnpickler:
             )
         if not isinstance(args, tuple):
             raise TypeError("REDUCE arguments are not a tuple")
-        self._stack[-1] = func(*args)
+        result = func(*args)
+        if isinstance(result, _CONTAINERS):  # OrderedDict(items): holds what ``args`` held
+            result = self._built(result, (args,))
+        self._stack[-1] = result
 
     def op_build(self):
         self._stack.pop()
@@ -620,16 +768,16 @@ def _storage_pid(pid: Any, source: str) -> tuple[StorageType, str, int, Any]:
     if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
         kind = pid[0] if isinstance(pid, tuple) and pid else pid
         raise UnsafePickleError(
-            f"refused to load {source}: persistent id {kind!r} is not a tensor storage "
+            f"refused to load {source}: persistent id {brief(kind)} is not a tensor storage "
             "(nothing was executed)"
         )
     if len(pid) not in (5, 6):
         raise WeightsError(f"corrupt checkpoint {source}: storage record of length {len(pid)}")
     storage_type, key, numel = pid[1], pid[2], pid[4]
     if not isinstance(storage_type, StorageType) or not isinstance(key, str):
-        raise WeightsError(f"corrupt checkpoint {source}: malformed storage record {pid[:3]!r}")
+        raise WeightsError(f"corrupt checkpoint {source}: malformed storage record {brief(pid[:3])}")
     if not isinstance(numel, int) or numel < 0:
-        raise WeightsError(f"corrupt checkpoint {source}: storage size {numel!r}")
+        raise WeightsError(f"corrupt checkpoint {source}: storage size {brief(numel)}")
     return storage_type, key, numel, pid[5] if len(pid) == 6 else None
 
 
@@ -650,14 +798,15 @@ def _state_dict_of(obj: Any, source: str) -> dict[str, TensorRef]:
         )
     bad = [k for k in tensors if not isinstance(k, str)]
     if bad:
-        raise WeightsError(f"corrupt state dict in {source}: non-string key {bad[0]!r}")
+        raise WeightsError(f"corrupt state dict in {source}: non-string key {brief(bad[0])}")
     return tensors
 
 
 class Checkpoint:
     """An open ``.pth`` file: every tensor's shape is known, its data is read on demand.
 
-    Use as a context manager; :meth:`view` returns arrays that stay valid after closing.
+    Use as a context manager; :meth:`view` returns arrays that stay valid after closing. Only the
+    bytes a viewed tensor spans are read from its storage record, never the rest of the record.
     """
 
     tensors: dict[str, TensorRef]
@@ -682,89 +831,168 @@ class Checkpoint:
         """``{key: shape}`` for every tensor, without reading data."""
         return {k: t.shape for k, t in self.tensors.items()}
 
+    def dtype(self, key: str) -> np.dtype:
+        """The element type of tensor ``key`` as read (bfloat16 is read as float32)."""
+        t = self.tensors[key]
+        if t.storage.type.dtype == "bfloat16":
+            return np.dtype(np.float32)
+        return t.storage.type.numpy_dtype(self._byteorder)
+
     def view(self, key: str) -> np.ndarray:
         """The tensor ``key`` as a read-only strided view of its storage (not float32 yet).
 
-        A storage shared by several tensors is kept in memory until its last tensor was viewed;
-        a storage used once is read, viewed and released with the returned array.
+        The window is checked against the storage's recorded size and the record's actual size
+        before anything is read. A storage shared by several tensors is kept in memory until its
+        last tensor was viewed; a storage used once is read, viewed and released with the array.
         """
         t = self.tensors[key]
+        dtype = t.storage.type.numpy_dtype(self._byteorder)
         root = t.storage.key
-        raw = self._cache.get(root)
-        if raw is None:
-            raw = self._read_root(root)
-            if self._users[root] > 1:
-                self._cache[root] = raw
         self._users[root] -= 1
+        if math.prod(t.shape) == 0:
+            out = np.zeros(t.shape, dtype)
+        else:
+            extent = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride)) + 1
+            if extent > t.storage.numel:
+                raise WeightsError(
+                    f"corrupt checkpoint {self.source}: tensor {key} needs {extent} elements of a "
+                    f"storage of {t.storage.numel}"
+                )
+            start = t.storage.offset * dtype.itemsize
+            nbytes = start + extent * dtype.itemsize
+            raw = self._cache.get(root)
+            if raw is None or raw.size < nbytes:
+                raw = self._read_root(root, nbytes)
+            if self._users[root] > 0:
+                self._cache[root] = raw
+            buf = raw[start:nbytes].view(dtype)
+            out = np.lib.stride_tricks.as_strided(
+                buf[t.offset:], shape=t.shape, strides=tuple(s * dtype.itemsize for s in t.stride),
+                writeable=False,
+            )
         if self._users[root] <= 0:
             self._cache.pop(root, None)
-        dtype = t.storage.type.numpy_dtype(self._byteorder)
-        if raw.dtype != dtype:  # _rebuild_tensor_v3 reinterprets an untyped (byte) storage
-            raw = raw.view(np.uint8)[: raw.nbytes - raw.nbytes % dtype.itemsize].view(dtype)
         if t.storage.type.dtype == "bfloat16":
             # bfloat16 is the top half of a float32; numpy has no native type for it.
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        buf = raw[t.storage.offset: t.storage.offset + t.storage.numel]
-        if buf.size < t.storage.numel:
-            raise WeightsError(f"corrupt checkpoint {self.source}: storage of {key} is shorter than recorded")
-        return _strided(buf, t, key, self.source)
+            out = (out.astype(np.uint32) << 16).view(np.float32)
+        return out
 
     def _finish(self, obj: Any) -> None:
         self.tensors = _state_dict_of(obj, self.source)
         self._users = collections.Counter(t.storage.key for t in self.tensors.values())
 
-    def _read_root(self, key: str) -> np.ndarray:
-        """The whole storage ``key`` in its recorded element type."""
+    def _read_root(self, key: str, nbytes: int) -> np.ndarray:
+        """The first ``nbytes`` bytes of storage record ``key`` as uint8."""
         raise NotImplementedError
 
 
-def _strided(buf: np.ndarray, t: TensorRef, key: str, source: str) -> np.ndarray:
-    """The tensor window on its storage; refuses windows that reach past the storage's end."""
-    if math.prod(t.shape) == 0:
-        return np.zeros(t.shape, buf.dtype)
-    extent = t.offset + sum((n - 1) * s for n, s in zip(t.shape, t.stride)) + 1
-    if extent > buf.size:
-        raise WeightsError(
-            f"corrupt checkpoint {source}: tensor {key} needs {extent} elements of a storage of {buf.size}"
-        )
-    return np.lib.stride_tricks.as_strided(
-        buf[t.offset:], shape=t.shape, strides=tuple(s * buf.itemsize for s in t.stride), writeable=False
-    )
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Opens ``path`` for binary reading only if it is a regular file.
+
+    The file is opened without blocking (a FIFO would otherwise wait forever for a writer) and its
+    type is checked on the open descriptor, so nothing can swap it in between.
+
+    Raises:
+      WeightsError: missing, not a regular file (directory, FIFO, device) or unreadable.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise WeightsError(f"weights file not found: {path}") from None
+    except IsADirectoryError:
+        raise WeightsError(f"{path} is a directory, expected a weights file") from None
+    except OSError as err:
+        raise WeightsError(f"cannot read {path}: {err.strerror or err}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise WeightsError(f"{path} is a directory, expected a weights file")
+        raise WeightsError(f"{path} is not a regular file (a FIFO, device or socket is never read); "
+                           "expected a weights file")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
+# What zipfile raises on damaged archives: a flipped flag bit gives NotImplementedError, a
+# mangled name UnicodeDecodeError (a ValueError), a bad record BadZipFile or EOFError.
+ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError)
+
+
+def check_zip_entry(info: zipfile.ZipInfo, source: str, limit: int, what: str) -> None:
+    """Refuses an entry that is encrypted, compressed in an unexpected way or declares > ``limit`` bytes."""
+    if info.flag_bits & 0x1:
+        raise WeightsError(f"{source}: zip entry {brief(info.filename)} is encrypted; weights files are "
+                           "never encrypted (re-save it without a password)")
+    if info.compress_type not in ZIP_METHODS:
+        raise WeightsError(f"{source}: zip entry {brief(info.filename)} uses compression method "
+                           f"{info.compress_type}; only stored or deflated entries are read")
+    if info.file_size > limit:
+        raise WeightsError(f"refused to load {source}: zip entry {brief(info.filename)} declares "
+                           f"{info.file_size} bytes, more than the {limit} its {what} can need")
+
+
+def read_zip_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, n: int) -> bytes:
+    """The first ``n`` bytes of an entry, decompressing no more than that (bounded by the caller)."""
+    with archive.open(info) as member:
+        return member.read(n)
+
+
+def open_zip(f: BinaryIO, source: str) -> zipfile.ZipFile:
+    """Opens a zip after checking, from its end record, that its directory is of bounded size.
+
+    Raises:
+      zipfile.BadZipFile, OSError: not a zip, or unreadable.
+      WeightsError: the directory lists more than MAX_ZIP_ENTRIES entries.
+    """
+    end = zipfile._EndRecData(f)
+    if end is None:
+        raise zipfile.BadZipFile("no end-of-directory record")
+    entries = end[zipfile._ECD_ENTRIES_TOTAL]
+    if entries > MAX_ZIP_ENTRIES or end[zipfile._ECD_SIZE] > MAX_ZIP_ENTRIES * 1024:
+        raise WeightsError(f"refused to load {source}: its zip directory lists {entries} entries, "
+                           f"more than the {MAX_ZIP_ENTRIES} a weights file can need")
+    f.seek(0)
+    return zipfile.ZipFile(f)
 
 
 class _ZipCheckpoint(Checkpoint):
     """``torch.save`` zip archives (PyTorch >= 1.6)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, f: BinaryIO, path: Path):
         super().__init__(str(path))
         self._storage_numel: dict[str, tuple[StorageType, int]] = {}
+        self._file = f
+        self._zip: zipfile.ZipFile | None = None
         try:
-            self._zip = zipfile.ZipFile(path)
+            self._zip = open_zip(f, str(path))
             names = self._zip.namelist()
             pickles = sorted((n for n in names if n == "data.pkl" or n.endswith("/data.pkl")), key=len)
             if not pickles:
                 raise WeightsError(f"{path} is a zip file but not a PyTorch checkpoint (no data.pkl)")
             self._prefix = pickles[0][: -len("data.pkl")]
             if f"{self._prefix}byteorder" in names:
-                order = self._zip.read(f"{self._prefix}byteorder").decode("ascii", "replace").strip()
+                info = self._zip.getinfo(f"{self._prefix}byteorder")
+                check_zip_entry(info, str(path), 16, "byte order")
+                order = read_zip_entry(self._zip, info, 16).decode("ascii", "replace").strip()
                 if order not in ("little", "big"):
-                    raise WeightsError(f"corrupt checkpoint {path}: unknown byte order {order!r}")
+                    raise WeightsError(f"corrupt checkpoint {path}: unknown byte order {brief(order)}")
                 self._byteorder = order
-            data = self._zip.read(pickles[0])
-        except _ZIP_ERRORS as err:
-            self._close_zip()
-            raise WeightsError(
-                f"{path} is a corrupt or truncated zip file ({err}); download it again"
-            ) from None
-        try:
+            info = self._zip.getinfo(pickles[0])
+            check_zip_entry(info, str(path), MAX_PICKLE_BYTES, "state-dict pickle")
+            data = read_zip_entry(self._zip, info, MAX_PICKLE_BYTES)
             obj = RestrictedUnpickler(io.BytesIO(data), persistent_load=self._persistent_load,
                                       source=str(path)).load()
             self._finish(obj)
+        except ZIP_ERRORS as err:
+            self.close()
+            raise WeightsError(
+                f"{path} is a corrupt or truncated zip file ({brief(str(err))}); download it again"
+            ) from None
         except WeightsError:
-            self._close_zip()
+            self.close()
             raise
 
     def _persistent_load(self, pid: Any) -> StorageRef:
@@ -772,86 +1000,98 @@ class _ZipCheckpoint(Checkpoint):
         self._storage_numel[key] = (storage_type, numel)
         return StorageRef(key, storage_type, numel)
 
-    def _read_root(self, key: str) -> np.ndarray:
-        storage_type, numel = self._storage_numel[key]
-        dtype = storage_type.numpy_dtype(self._byteorder)
+    def _read_root(self, key: str, nbytes: int) -> np.ndarray:
         name = f"{self._prefix}data/{key}"
         try:
-            data = self._zip.read(name)
+            info = self._zip.getinfo(name)
         except KeyError:
             raise WeightsError(
-                f"corrupt checkpoint {self.source}: storage record {name} is missing"
+                f"corrupt checkpoint {self.source}: storage record {brief(name)} is missing"
             ) from None
-        except _ZIP_ERRORS as err:
-            raise WeightsError(f"{self.source} is corrupt ({name}: {err}); download it again") from None
-        if len(data) < numel * dtype.itemsize:
+        check_zip_entry(info, self.source, MAX_TENSOR_ELEMENTS * 8, "storage")
+        if info.file_size < nbytes:
             raise WeightsError(
-                f"corrupt checkpoint {self.source}: storage {name} has {len(data)} bytes, "
-                f"expected {numel * dtype.itemsize}"
+                f"corrupt checkpoint {self.source}: storage {brief(name)} has {info.file_size} bytes, "
+                f"expected at least {nbytes} for the tensors using it"
             )
-        return np.frombuffer(data, dtype, count=numel)
-
-    def _close_zip(self) -> None:
-        if getattr(self, "_zip", None) is not None:
-            self._zip.close()
+        try:
+            data = read_zip_entry(self._zip, info, nbytes)
+        except ZIP_ERRORS as err:
+            raise WeightsError(
+                f"{self.source} is corrupt ({brief(name)}: {brief(str(err))}); download it again"
+            ) from None
+        if len(data) < nbytes:
+            raise WeightsError(f"{self.source} is truncated (storage {brief(name)}); download it again")
+        return np.frombuffer(data, np.uint8)
 
     def close(self) -> None:
         super().close()
-        self._close_zip()
+        if self._zip is not None:
+            self._zip.close()
+        self._file.close()
 
 
 class _LegacyCheckpoint(Checkpoint):
     """Pre-zip ``torch.save`` files: header pickles, the object pickle, then raw storages."""
 
-    def __init__(self, path: Path):
+    def __init__(self, f: BinaryIO, path: Path):
         super().__init__(str(path))
         self._storages: dict[str, tuple[StorageType, int]] = {}
         self._offsets: dict[str, int] = {}
-        self._file = open(path, "rb")
+        self._file = f
         try:
             self._parse(path)
         except WeightsError:
             self._file.close()
             raise
 
-    def _pickle(self, persistent_load=None) -> Any:
-        return RestrictedUnpickler(self._file, persistent_load=persistent_load, source=self.source).load()
-
     def _parse(self, path: Path) -> None:
-        if self._pickle() != _LEGACY_MAGIC:
+        budget = PickleBudget(self._file, str(path))  # shared by the five pickles
+
+        def pickle(persistent_load=None) -> Any:
+            return RestrictedUnpickler(budget, persistent_load=persistent_load, source=self.source).load()
+
+        if pickle() != _LEGACY_MAGIC:
             raise WeightsError(f"{path} is not a PyTorch checkpoint (bad magic number)")
-        protocol = self._pickle()
+        protocol = pickle()
         if protocol != _LEGACY_PROTOCOL:
-            raise WeightsError(f"{path} uses unsupported PyTorch serialization protocol {protocol!r}")
-        sys_info = self._pickle()
+            raise WeightsError(f"{path} uses unsupported PyTorch serialization protocol {brief(protocol)}")
+        sys_info = pickle()
         if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
             self._byteorder = "big"
-        obj = self._pickle(self._persistent_load)
-        keys = self._pickle()
+        obj = pickle(self._persistent_load)
+        keys = pickle()
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise WeightsError(f"corrupt checkpoint {path}: storage key list is malformed")
+        if len(set(keys)) != len(keys):
+            raise WeightsError(f"corrupt checkpoint {path}: the storage key list repeats a key")
         self._finish(obj)
+        unlisted = [k for k in self._storages if k not in set(keys)]
+        if unlisted:
+            raise WeightsError(
+                f"corrupt checkpoint {path}: storage {brief(unlisted[0])} is used but missing from "
+                "the storage key list"
+            )
         # Storages follow in ``keys`` order, each as an 8-byte element count and its raw bytes.
         size = os.fstat(self._file.fileno()).st_size
         count = struct.Struct("<q" if self._byteorder == "little" else ">q")
         pos = self._file.tell()
         for key in keys:
             if key not in self._storages:
-                raise WeightsError(f"corrupt checkpoint {path}: storage {key} is not referenced")
+                raise WeightsError(f"corrupt checkpoint {path}: storage {brief(key)} is not referenced")
             storage_type, numel = self._storages[key]
+            if pos + 8 > size:
+                raise WeightsError(f"{path} is truncated (storage {brief(key)} is missing); download it again")
             self._file.seek(pos)
-            header = self._file.read(8)
-            if len(header) < 8:
-                raise WeightsError(f"{path} is truncated (storage {key} is missing); download it again")
-            (stored,) = count.unpack(header)
+            (stored,) = count.unpack(self._file.read(8))
             if stored != numel:
                 raise WeightsError(
-                    f"corrupt checkpoint {path}: storage {key} has {stored} elements, expected {numel}"
+                    f"corrupt checkpoint {path}: storage {brief(key)} has {stored} elements, expected {numel}"
                 )
             self._offsets[key] = pos + 8
             pos += 8 + numel * storage_type.numpy_dtype(self._byteorder).itemsize
-        if pos > size:
-            raise WeightsError(f"{path} is truncated ({size} of {pos} bytes); download it again")
+            if pos > size:
+                raise WeightsError(f"{path} is truncated ({size} of {pos} bytes); download it again")
 
     def _persistent_load(self, pid: Any) -> StorageRef:
         storage_type, root_key, numel, view = _storage_pid(pid, self.source)
@@ -860,18 +1100,20 @@ class _LegacyCheckpoint(Checkpoint):
             return StorageRef(root_key, storage_type, numel)
         # Storage views (PyTorch < 0.4): (view_key, element offset, element count) into the root.
         if not (isinstance(view, tuple) and len(view) == 3 and all(isinstance(v, int) for v in view[1:])):
-            raise WeightsError(f"corrupt checkpoint {self.source}: malformed storage view {view!r}")
+            raise WeightsError(f"corrupt checkpoint {self.source}: malformed storage view {brief(view)}")
         _, offset, view_numel = view
         if offset < 0 or view_numel < 0 or offset + view_numel > numel:
             raise WeightsError(f"corrupt checkpoint {self.source}: storage view outside its storage")
         return StorageRef(root_key, storage_type, view_numel, offset)
 
-    def _read_root(self, key: str) -> np.ndarray:
+    def _read_root(self, key: str, nbytes: int) -> np.ndarray:
         storage_type, numel = self._storages[key]
-        buf = np.empty(numel, storage_type.numpy_dtype(self._byteorder))
+        if nbytes > numel * storage_type.numpy_dtype(self._byteorder).itemsize:
+            raise WeightsError(f"corrupt checkpoint {self.source}: a tensor reaches past storage {brief(key)}")
+        buf = np.empty(nbytes, np.uint8)
         self._file.seek(self._offsets[key])
-        if self._file.readinto(buf.view(np.uint8)) != buf.nbytes:
-            raise WeightsError(f"{self.source} is truncated (storage {key}); download it again")
+        if self._file.readinto(buf) != nbytes:
+            raise WeightsError(f"{self.source} is truncated (storage {brief(key)}); download it again")
         return buf
 
     def close(self) -> None:
@@ -884,22 +1126,21 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     Raises:
       UnsafePickleError: the pickle references anything but tensor rebuilding.
-      WeightsError: the file is missing, of another format, truncated or corrupt.
+      WeightsError: the file is missing, not a regular file, of another format, truncated or corrupt.
     """
     path = Path(path)
+    f = open_regular(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(512)
-    except IsADirectoryError:
-        raise WeightsError(f"{path} is a directory, expected a .pth file") from None
-    except FileNotFoundError:
-        raise WeightsError(f"weights file not found: {path}") from None
+        head = f.read(512)
+        f.seek(0)
     except OSError as err:
+        f.close()
         raise WeightsError(f"cannot read {path}: {err.strerror or err}") from None
     if head.startswith(b"PK"):
-        return _ZipCheckpoint(path)
+        return _ZipCheckpoint(f, path)
     if head.startswith(b"\x80"):
-        return _LegacyCheckpoint(path)
+        return _LegacyCheckpoint(f, path)
+    f.close()
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise WeightsError(
             f"{path} is a tar checkpoint from PyTorch < 0.4, which is not supported; "

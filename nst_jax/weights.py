@@ -27,8 +27,10 @@ import dataclasses
 import hashlib
 import http.client
 import os
+import math
 import re
 import secrets
+import stat
 import urllib.error
 import urllib.request
 import zipfile
@@ -81,6 +83,9 @@ ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(ADAIN_DECODER_LAYERS, (1, 5, 8, 1
 _LEAVES = {"weight": "kernel", "bias": "bias"}  # torch parameter name -> Flax leaf name
 _KIND_KEY = "__kind__"
 _LIST_LIMIT = 4  # keys listed per category in a mismatch message
+_MAX_NPZ_MEMBERS = 4096  # an npz of params has two members per conv
+_MAX_NPY_HEADER = 10_000  # numpy's own default bound on an .npy header
+_MAX_KIND_CHARS = 64
 
 
 # --- network layouts ----------------------------------------------------------------------------
@@ -147,7 +152,9 @@ _LAYOUTS: dict[str, _Layout] = {
 }
 
 
-def _fmt(shape: Iterable[int]) -> str:
+def _fmt(shape: Iterable[int] | None) -> str:
+    if shape is None:  # an npz member whose header was not read (compressed and not needed)
+        return "(not read)"
     return "x".join(str(d) for d in shape) or "scalar"
 
 
@@ -257,11 +264,17 @@ def _check_shapes(source: str, layout: _Layout, found: Mapping[tuple[str, str], 
         size = layout.kernel[name]
         if (kh, kw) != (size, size):
             fail(f"{kkey} is a {kh}x{kw} kernel, expected {size}x{size}")
-        if tuple(bshape) != (cout,):
+        if bshape is None or tuple(bshape) != (cout,):
             fail(f"{bkey} has shape {_fmt(bshape)}, expected {cout} (one per output channel of {name})")
         if prev_out is not None and cin != prev_out:
             source_of = f"{prev_name} has {prev_out} output channels" if prev_name else "the input is RGB"
             fail(f"{kkey} has {cin} input channels but {source_of}")
+        # Narrow variants load too, but nothing wider than the published network: this bounds
+        # what a file can make the loader allocate before any data is read.
+        max_in, max_out = layout.channels[name]
+        if not (1 <= cin <= max_in and 1 <= cout <= max_out):
+            fail(f"{kkey} maps {cin} to {cout} channels; {name} has 1 to {max_in} inputs and "
+                 f"1 to {max_out} outputs")
         prev_name, prev_out = name, cout
     if layout.out_channels is not None and prev_out != layout.out_channels:
         fail(f"{prev_name} has {prev_out} output channels, expected {layout.out_channels} (RGB)")
@@ -279,11 +292,27 @@ def _finite(source: str, key: str, array: np.ndarray) -> np.ndarray:
 def _existing_file(path: str | os.PathLike, flag: str | None) -> Path:
     path = Path(path).expanduser()
     where = f" given to {flag}" if flag else ""
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise WeightsError(f"weights file not found: {path}; check the path{where}") from None
+    except OSError as err:
+        raise WeightsError(f"cannot read {path}{where}: {err.strerror or err}") from None
+    if stat.S_ISDIR(mode):
         raise WeightsError(f"{path}{where} is a directory; expected a .pth or .npz weights file")
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}; check the path{where}")
+    if not stat.S_ISREG(mode):
+        raise WeightsError(f"{path}{where} is not a regular file (a FIFO, device or socket); "
+                           "expected a .pth or .npz weights file")
     return path
+
+
+def _check_dtypes(source: str, found: Mapping[tuple[str, str], str],
+                  dtypes: Mapping[str, np.dtype]) -> None:
+    for key in found.values():
+        dtype = dtypes[key]
+        if dtype.kind != "f":
+            raise WeightsError(f"{source}: {key} has element type {dtype}, expected floating point "
+                               "weights; the file is damaged or not a weights file")
 
 
 def _load_pth(path: Path, layout: _Layout) -> Params:
@@ -293,6 +322,7 @@ def _load_pth(path: Path, layout: _Layout) -> Params:
         if missing or unexpected:
             raise _key_error(str(path), layout, missing, unexpected, shapes, npz=False)
         _check_shapes(str(path), layout, found, shapes, hwio=False)
+        _check_dtypes(str(path), found, {k: ckpt.dtype(k) for k in found.values()})
         params: Params = {}
         for name in layout.index:
             kkey, bkey = found[name, "kernel"], found[name, "bias"]
@@ -303,45 +333,138 @@ def _load_pth(path: Path, layout: _Layout) -> Params:
     return params
 
 
-def _read_npz(path: Path) -> tuple[dict[str, np.ndarray], str | None]:
-    """The arrays of an npz (no pickles) and its ``__kind__`` tag, if any."""
-    fix = "re-create it with scripts/port_weights.py"
-    try:
-        # np.load leaks its own file handle when the zip is corrupt, so pass an open file.
-        with open(path, "rb") as f:
-            archive = np.load(f, allow_pickle=False)
-            if not hasattr(archive, "files"):
-                raise WeightsError(f"{path} is a single .npy array, not an .npz of params; {fix}")
-            with archive:
-                flat = {k: archive[k] for k in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise WeightsError(f"cannot read {path} as .npz weights ({err}); {fix}") from None
-    tag = flat.pop(_KIND_KEY, None)
-    if tag is not None:
-        tag = str(tag[()]) if isinstance(tag, np.ndarray) and tag.dtype.kind == "U" else repr(tag)
-    bad = [k for k, v in flat.items() if not isinstance(v, np.ndarray)]
-    if bad:
-        raise WeightsError(f"{path} has a member {bad[0]!r} that is not an array; {fix}")
-    return flat, tag
+_NPZ_FIX = "re-create it with scripts/port_weights.py"
+
+
+def _npz_error(path: Path, problem: str) -> WeightsError:
+    return WeightsError(f"cannot read {path} as .npz weights ({problem}); {_NPZ_FIX}")
+
+
+class _Npz:
+    """An npz opened as a zip: member names and, on request, array headers, then data.
+
+    Unlike ``np.load`` nothing is decompressed until asked for, a header is read before its data,
+    and every member is checked (encryption, compression method, declared size) first.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = _pth.open_regular(path)
+        try:
+            self._zip = _pth.open_zip(self._file, str(path))
+            infos = self._zip.infolist()
+        except _pth.ZIP_ERRORS as err:
+            self._file.close()
+            raise _npz_error(path, _pth.brief(str(err))) from None
+        except WeightsError:
+            self._file.close()
+            raise
+        if len(infos) > _MAX_NPZ_MEMBERS:
+            self.close()
+            raise _npz_error(path, f"{len(infos)} members, at most {_MAX_NPZ_MEMBERS} are read")
+        self.members = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in infos}
+
+    def __enter__(self) -> _Npz:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._zip.close()
+        self._file.close()
+
+    def _read_header(self, member: BinaryIO, key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+        try:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                header = np.lib.format.read_array_header_1_0(member, max_header_size=_MAX_NPY_HEADER)
+            elif version == (2, 0):
+                header = np.lib.format.read_array_header_2_0(member, max_header_size=_MAX_NPY_HEADER)
+            else:
+                raise ValueError(f"unsupported .npy version {version}")
+        except (*_pth.ZIP_ERRORS, SyntaxError) as err:
+            raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
+        shape, fortran, dtype = header
+        if dtype.hasobject:
+            raise _npz_error(self.path, f"member {_pth.brief(key)} holds Python objects")
+        return tuple(shape), fortran, dtype
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of member ``key``, decompressing only its header."""
+        info = self.members[key]
+        _pth.check_zip_entry(info, str(self.path), _pth.MAX_TENSOR_ELEMENTS * 8 + _MAX_NPY_HEADER, "array")
+        try:
+            with self._zip.open(info) as member:
+                shape, _, dtype = self._read_header(member, key)
+        except _pth.ZIP_ERRORS as err:
+            raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
+        return shape, dtype
+
+    def array(self, key: str) -> np.ndarray:
+        """Member ``key``; reads exactly the bytes its header declares, refusing oversized arrays."""
+        info = self.members[key]
+        _pth.check_zip_entry(info, str(self.path), _pth.MAX_TENSOR_ELEMENTS * 8 + _MAX_NPY_HEADER, "array")
+        try:
+            with self._zip.open(info) as member:
+                shape, fortran, dtype = self._read_header(member, key)
+                count = math.prod(shape)
+                if count > _pth.MAX_TENSOR_ELEMENTS:
+                    raise _npz_error(self.path, f"member {_pth.brief(key)} declares {count} elements")
+                nbytes = count * dtype.itemsize
+                if nbytes > info.file_size:
+                    raise _npz_error(self.path, f"member {_pth.brief(key)} is shorter than its header says")
+                data = member.read(nbytes)
+        except _pth.ZIP_ERRORS as err:
+            raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
+        if len(data) != nbytes:
+            raise _npz_error(self.path, f"member {_pth.brief(key)} is truncated")
+        try:
+            array = np.frombuffer(data, dtype, count=count)
+        except ValueError as err:  # e.g. a zero-size element type
+            raise _npz_error(self.path, f"member {_pth.brief(key)}: {_pth.brief(str(err))}") from None
+        return array.reshape(shape, order="F" if fortran else "C")
+
+    def kind(self) -> str | None:
+        """The ``__kind__`` tag, if any."""
+        if _KIND_KEY not in self.members:
+            return None
+        shape, dtype = self.header(_KIND_KEY)
+        if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * _MAX_KIND_CHARS:
+            return f"<{_fmt(shape)} {dtype}>"
+        return str(self.array(_KIND_KEY)[()])
+
+
+def _float_array(path: Path, key: str, array: np.ndarray) -> np.ndarray:
+    if array.dtype.kind != "f":
+        raise WeightsError(f"{path}: {key} has element type {array.dtype}, expected floating point "
+                           f"weights; {_NPZ_FIX}")
+    return _finite(str(path), key, np.asarray(array, np.float32, order="C"))
 
 
 def _load_npz(path: Path, layout: _Layout) -> Params:
-    flat, tag = _read_npz(path)
-    shapes = {k: v.shape for k, v in flat.items()}
-    if tag is not None and tag != layout.kind:
-        what = _LAYOUTS[tag].what if tag in _LAYOUTS else repr(tag)
-        raise WeightsError(f"{path} holds {what} weights, not {layout.what}; "
-                           f"{_hint(layout, tag if tag in _LAYOUTS else None, shapes)}")
-    found, missing, unexpected = _match_flat(layout, shapes)
-    if missing or unexpected:
-        raise _key_error(str(path), layout, missing, unexpected, shapes, npz=True)
-    _check_shapes(str(path), layout, found, shapes, hwio=True)
-    params: Params = {}
-    for name in layout.index:
-        params[name] = {}
-        for slot in ("kernel", "bias"):
-            key = found[name, slot]
-            params[name][slot] = _finite(str(path), key, np.asarray(flat[key], np.float32, order="C"))
+    with _Npz(path) as npz:
+        tag = npz.kind()
+        names = [k for k in npz.members if k != _KIND_KEY]
+        wanted = {f"{n}/{slot}" for n in layout.index for slot in ("kernel", "bias")}
+        headers = {k: npz.header(k) for k in names
+                   if k in wanted or npz.members[k].compress_type == zipfile.ZIP_STORED}
+        shapes = {k: headers[k][0] if k in headers else None for k in names}
+        if tag is not None and tag != layout.kind:
+            what = _LAYOUTS[tag].what if tag in _LAYOUTS else repr(tag)
+            raise WeightsError(f"{path} holds {what} weights, not {layout.what}; "
+                               f"{_hint(layout, tag if tag in _LAYOUTS else None, shapes)}")
+        found, missing, unexpected = _match_flat(layout, shapes)
+        if missing or unexpected:
+            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=True)
+        _check_shapes(str(path), layout, found, shapes, hwio=True)
+        _check_dtypes(str(path), found, {k: headers[k][1] for k in found.values()})
+        params: Params = {}
+        for name in layout.index:
+            params[name] = {}
+            for slot in ("kernel", "bias"):
+                key = found[name, slot]
+                params[name][slot] = _float_array(path, key, npz.array(key))
     return params
 
 
@@ -400,13 +523,17 @@ def load_params(path: str | os.PathLike) -> Params:
       WeightsError: the file is missing, not an npz, or has keys not of the form ``layer/leaf``.
     """
     path = _existing_file(path, None)
-    flat, _ = _read_npz(path)
     params: Params = {}
-    for key, value in flat.items():
-        layer, sep, leaf = key.partition("/")
-        if not sep or not layer or not leaf or "/" in leaf:
-            raise WeightsError(f"{path} has key {key!r}, expected 'layer/leaf' such as 'conv1_1/kernel'")
-        params.setdefault(layer, {})[leaf] = np.asarray(value, np.float32, order="C")
+    with _Npz(path) as npz:
+        keys = [k for k in npz.members if k != _KIND_KEY]
+        for key in keys:  # every name is checked before any data is read
+            layer, sep, leaf = key.partition("/")
+            if not sep or not layer or not leaf or "/" in leaf:
+                raise WeightsError(f"{path} has key {_pth.brief(key)}, expected 'layer/leaf' such as "
+                                   "'conv1_1/kernel'")
+        for key in keys:
+            layer, _, leaf = key.partition("/")
+            params.setdefault(layer, {})[leaf] = _float_array(path, key, npz.array(key))
     return params
 
 
@@ -541,8 +668,9 @@ class WeightsSpec:
     """A downloadable weights file.
 
     ``sha256_prefix`` is checked as ``torch.hub`` does (the ``-<hex>`` part of the file name);
-    ``sha256`` is a full digest when known. With neither, the digest of the first download is
-    recorded next to it and later downloads must match it.
+    ``sha256`` is a full digest when known (pinned for every registry entry that has one). With
+    neither, the digest of the first download is recorded next to it and later downloads must
+    match it. A cached copy is verified before use as well.
     """
 
     url: str
@@ -561,10 +689,12 @@ WEIGHTS: dict[str, WeightsSpec] = {
     "adain_vgg": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/vgg_normalised.pth",
         filename="adain_vgg_normalised.pth", kind="adain_vgg", flag="--vgg",
+        sha256="804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a",
     ),
     "adain_decoder": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/decoder.pth",
         filename="adain_decoder.pth", kind="adain_decoder", flag="--decoder",
+        sha256="379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472",
     ),
 }
 
@@ -658,6 +788,27 @@ def _stream(spec: WeightsSpec, out: BinaryIO, progress: Progress | None, opener)
     return digest.hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cache_folder(spec: WeightsSpec) -> Path:
+    """:func:`cache_dir`, created if missing; a path that exists as a non-folder is refused."""
+    folder = cache_dir()
+    fix = f"set NST_JAX_CACHE to a writable folder or pass {spec.flag} PATH"
+    if folder.exists() and not folder.is_dir():
+        raise DownloadError(f"the weights cache {folder} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the weights cache {folder} ({err.strerror or err}); {fix}") from None
+    return folder
+
+
 def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
           opener: Callable[..., BinaryIO] = urllib.request.urlopen, force: bool = False) -> Path:
     """Downloads a registry file into :func:`cache_dir` and verifies its SHA-256, as torch.hub does.
@@ -679,20 +830,22 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
       ChecksumError: the digest does not match; the download was discarded.
     """
     spec = _spec(name)
-    folder = cache_dir()
+    folder = _cache_folder(spec)
     dest = folder / spec.filename
+    expected = (spec.sha256 or spec.sha256_prefix or hash_prefix_from_url(spec.url)
+                or _recorded_hash(dest))
     if dest.is_file() and not force:
-        return dest
+        # A cached copy is verified too (it may be a truncated or altered file); a bad one is
+        # downloaded again and replaced only if the new download verifies.
+        if expected is None or _file_sha256(dest).startswith(expected.lower()):
+            return dest
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = _create_temp(folder, spec.filename, ".part")
     except OSError as err:
         raise DownloadError(
-            f"cannot create the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
+            f"cannot write in the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
             f"writable folder or pass {spec.flag} PATH"
         ) from None
-    expected = (spec.sha256 or spec.sha256_prefix or hash_prefix_from_url(spec.url)
-                or _recorded_hash(dest))
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _stream(spec, out, progress, opener)

@@ -7,8 +7,10 @@ whose payloads that script verified to fire under pickle / torch.load).
 from __future__ import annotations
 
 import io
+import os
 import pathlib
 import pickle
+import struct
 import subprocess
 import sys
 import tarfile
@@ -305,3 +307,257 @@ def test_tensor_reaching_past_its_storage_is_refused(tmp_path):
     path = _rezip(FIXTURES / "dtypes.pth", tmp_path / "past.pth", {"/data.pkl": patched})
     with pytest.raises(WeightsError, match="needs 9 elements of a storage of 6"):
         _pth.read_state_dict(path)
+
+
+# --- resource bounds: nesting, cycles, sizes (issue: crafted files crashed, hung or ate memory) -----
+
+_DEEP_KEY = b"\x80\x02})" + b"\x85" * 200_000 + b"K\x01s."  # 200,000 nested tuples as a dict key
+_SELF_DICT = b"\x80\x02}q\x00X\x0a\x00\x00\x00state_dicth\x00s."  # {"state_dict": <itself>}
+
+
+def _tensor_pickle(numel: int, shape: tuple[int, ...], stride: tuple[int, ...], key: str = "0") -> bytes:
+    """A protocol-2 state dict {"w": tensor} whose storage record and window are as given."""
+
+    def tup(values):
+        return b"(" + b"".join(b"J" + struct.pack("<i", v) if v < 2**31 else b"\x8a\x08" + struct.pack("<q", v)
+                               for v in values) + b"t"
+
+    def num(v):
+        return b"J" + struct.pack("<i", v) if v < 2**31 else b"\x8a\x08" + struct.pack("<q", v)
+
+    k = key.encode()
+    pid = b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX" + struct.pack("<I", len(k)) + k + b"X\x03\x00\x00\x00cpu" + num(numel) + b"t"
+    return (b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(" + pid + b"QK\x00" + tup(shape)
+            + tup(stride) + b"\x89ccollections\nOrderedDict\n)RtRs.")
+
+
+def _zip_pth(path: pathlib.Path, pkl: bytes, records: dict[str, bytes], method=zipfile.ZIP_STORED) -> pathlib.Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a/data.pkl", pkl)
+        zf.writestr("a/byteorder", "little")
+        for key, data in records.items():
+            zf.writestr(zipfile.ZipInfo(f"a/data/{key}"), data, compress_type=method)
+    return path
+
+
+def _legacy_pth(path: pathlib.Path, obj: bytes, keys: bytes, tail: bytes) -> pathlib.Path:
+    head = (pickle.dumps(_pth._LEGACY_MAGIC, protocol=2) + pickle.dumps(_pth._LEGACY_PROTOCOL, protocol=2)
+            + pickle.dumps({"little_endian": True}, protocol=2))
+    path.write_bytes(head + obj + keys + tail)
+    return path
+
+
+def test_zip_and_legacy_helpers_build_readable_files(tmp_path):
+    # The crafted files below differ from these only in the field under test.
+    data = np.arange(6, dtype="<f4")
+    z = _zip_pth(tmp_path / "ok.pth", _tensor_pickle(6, (2, 3), (3, 1)), {"0": data.tobytes()})
+    legacy = _legacy_pth(tmp_path / "ok_legacy.pth", _tensor_pickle(6, (3, 2), (1, 3)),
+                         pickle.dumps(["0"], protocol=2), struct.pack("<q", 6) + data.tobytes())
+    np.testing.assert_array_equal(_pth.read_state_dict(z)["w"], data.reshape(2, 3))
+    np.testing.assert_array_equal(_pth.read_state_dict(legacy)["w"], data.reshape(2, 3).T)
+
+
+@pytest.mark.parametrize(
+    "blob, needle",
+    [
+        (_DEEP_KEY, "nests containers more than 16 deep"),
+        (b"\x80\x02" + b"]" * 40 + b"a" * 39 + b".", "nests containers"),
+        (_SELF_DICT, "already nested"),
+        (b"\x80\x02]q\x00h\x00a.", "already nested"),  # a list appended to itself
+        (b"\x80\x02]q\x00]q\x01h\x00ah\x01a.", "already nested"),  # a contains b contains a
+        (b"\x80\x02}]K\x01s.", "unhashable"),
+        (b"\x80\x02]" + b"N" * (2 << 20) + b".", "larger than 1048576 bytes"),
+        (b"\x80\x02" + b"]" * (1 << 18) + b".", "more than 131072 containers"),
+        (b"\x80\x04N" + b"\x94" * (1 << 18) + b".", "more than 131072 memo entries"),
+        (b"\x80\x04\x8e" + struct.pack("<Q", 1 << 40) + b".", "larger than"),  # BINBYTES8 of 1 TiB
+        (b"\x80\x02X" + struct.pack("<I", 2**32 - 1) + b".", "larger than"),
+    ],
+)
+def test_nesting_cycles_and_size_are_bounded(blob, needle):
+    with pytest.raises(WeightsError, match=needle) as err:
+        _restricted(blob)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_nesting_of_a_real_state_dict_is_far_below_the_bound():
+    # A state dict with _metadata and a wrapper nests ~5 levels; the bound leaves room for more.
+    value = {"state_dict": {"a": [(1, (2, (3,)))], "_meta": {"": {"version": 1}}}}
+    assert _restricted(pickle.dumps(value, protocol=2)) == value
+
+
+def test_crafted_zip_files_are_refused(tmp_path):
+    for name, pkl in (("deep", _DEEP_KEY), ("cyclic", _SELF_DICT)):
+        with pytest.raises(WeightsError, match="nests|already nested"):
+            _pth.read_state_dict(_zip_pth(tmp_path / f"{name}.pth", pkl, {}))
+
+
+@pytest.mark.parametrize(
+    "shape, stride, needle",
+    [
+        ((2**62,), (1,), "more than 268435456 elements"),
+        ((1 << 20, 1 << 10), (0, 0), "more than 268435456 elements"),  # zero-stride expansion
+        ((4,), (2**40,), "needs"),
+    ],
+)
+def test_declared_tensor_sizes_are_bounded_before_reading(shape, stride, needle, tmp_path):
+    path = _zip_pth(tmp_path / "big.pth", _tensor_pickle(4, shape, stride), {"0": bytes(16)})
+    with pytest.raises(WeightsError, match=needle):
+        _pth.read_state_dict(path)
+
+
+def test_zero_stride_tensor_within_the_bound_is_read(tmp_path):
+    # torch.save keeps expanded views with stride 0; within the bound they read like torch reads them.
+    path = _zip_pth(tmp_path / "expand.pth", _tensor_pickle(2, (3, 2), (0, 1)),
+                    {"0": np.array([5, 7], "<f4").tobytes()})
+    np.testing.assert_array_equal(_pth.read_state_dict(path)["w"], [[5, 7]] * 3)
+
+
+def test_storage_record_is_read_only_as_far_as_tensors_reach(tmp_path):
+    import tracemalloc
+
+    data = np.arange(4, dtype="<f4").tobytes() + bytes(64 << 20)  # 64 MiB of zeros behind 4 floats
+    path = _zip_pth(tmp_path / "bomb.pth", _tensor_pickle(len(data) // 4, (4,), (1,)), {"0": data},
+                    method=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        got = _pth.read_state_dict(path)["w"]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(got, [0, 1, 2, 3])
+    assert peak < 4 << 20
+
+
+def test_oversized_pickle_entry_is_refused_by_its_declared_size(tmp_path):
+    path = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/data.pkl", b"\x80\x02]" + b"N" * (8 << 20) + b".")
+    assert path.stat().st_size < 100_000
+    with pytest.raises(WeightsError, match="declares 8388612 bytes"):
+        _pth.read_state_dict(path)
+
+
+def test_encrypted_and_unsupported_zip_entries(tmp_path):
+    src = FIXTURES / "vgg19_narrow.pth"
+    blob = bytearray(src.read_bytes())
+    central = blob.index(b"PK\x01\x02")  # the first central-directory record: data.pkl
+    blob[central + 8] |= 0x1
+    (tmp_path / "enc.pth").write_bytes(blob)
+    with pytest.raises(WeightsError, match="is encrypted"):
+        _pth.read_state_dict(tmp_path / "enc.pth")
+    path = tmp_path / "bz2.pth"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=zipfile.ZIP_BZIP2)
+    with pytest.raises(WeightsError, match="compression method 12"):
+        _pth.read_state_dict(path)
+
+
+def test_legacy_lengths_and_key_list(tmp_path):
+    data = struct.pack("<q", 4) + bytes(16)
+    keys = pickle.dumps(["0"], protocol=2)
+    huge = _legacy_pth(tmp_path / "huge.pth", _tensor_pickle(1 << 40, (4,), (1,)), keys,
+                       struct.pack("<q", 1 << 40) + bytes(16))
+    with pytest.raises(WeightsError, match="truncated"):
+        _pth.read_state_dict(huge)
+    unlisted = _legacy_pth(tmp_path / "unlisted.pth", _tensor_pickle(4, (4,), (1,)),
+                           pickle.dumps([], protocol=2), data)
+    with pytest.raises(WeightsError, match="missing from the storage key list"):
+        _pth.read_state_dict(unlisted)
+    repeated = _legacy_pth(tmp_path / "rep.pth", _tensor_pickle(4, (4,), (1,)),
+                           pickle.dumps(["0", "0"], protocol=2), data + data)
+    with pytest.raises(WeightsError, match="repeats a key"):
+        _pth.read_state_dict(repeated)
+    blob = b"\x80\x02" + b"(" * 10 + b"N" * (1 << 20)  # a pickle that never stops, bigger than the bound
+    with pytest.raises(WeightsError, match="larger than"):
+        _pth.read_state_dict(_legacy_pth(tmp_path / "endless.pth", blob, b"", b""))
+
+
+def test_legacy_readline_is_bounded(tmp_path):
+    # Protocol-0 opcodes read a line: a file without newlines must not be read whole.
+    path = tmp_path / "line.pth"
+    head = pickle.dumps(_pth._LEGACY_MAGIC, protocol=2)
+    path.write_bytes(head + b"I" + b"1" * (4 << 20))
+    with pytest.raises(WeightsError, match="larger than"):
+        _pth.read_state_dict(path)
+
+
+def test_fifo_is_not_a_regular_file_and_is_never_opened_blocking(tmp_path):
+    import signal
+
+    fifo = tmp_path / "w.pth"
+    os.mkfifo(fifo)
+    old = signal.signal(signal.SIGALRM, lambda *a: pytest.fail("opening the FIFO blocked"))
+    signal.alarm(20)
+    try:
+        with pytest.raises(WeightsError, match="not a regular file"):
+            _pth.open_checkpoint(fifo)
+        with pytest.raises(WeightsError, match="not a regular file"):
+            weights.load_adain_vgg(fifo)
+        with pytest.raises(WeightsError, match="not a regular file"):
+            weights.load_vgg19(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize(
+    "module, flag, make",
+    [
+        ("nst_jax.gatys", "--weights", lambda d: (d / "deep.pth").write_bytes(_DEEP_KEY) and d / "deep.pth"),
+        ("nst_jax.adain", "--vgg", lambda d: _zip_pth(d / "cyclic.pth", _SELF_DICT, {})),
+        ("nst_jax.adain", "--vgg", lambda d: os.mkfifo(d / "fifo.pth") or d / "fifo.pth"),
+    ],
+)
+def test_cli_refuses_crafted_weights_with_one_line(module, flag, make, tmp_path):
+    from PIL import Image
+
+    weights_path = make(tmp_path)
+    Image.new("RGB", (16, 16), (120, 60, 30)).save(tmp_path / "c.png")
+    args = [sys.executable, "-m", module, flag, str(weights_path), "--content", str(tmp_path / "c.png"),
+            "--style", str(tmp_path / "c.png"), "--output", str(tmp_path / "out.png")]
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent), "NST_JAX_CACHE": str(tmp_path)}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    # ru_maxrss of that child alone (wait4 reaps it; communicate already collected the status).
+    err = stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert str(weights_path.name) in lines[0]
+    assert not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc/self/status").exists(), reason="needs Linux /proc for VmHWM")
+def test_refusing_crafted_weights_is_fast_and_small(tmp_path):
+    # The same refusals as the CLI test, measured in a child without JAX: time and peak memory.
+    # VmHWM is the child's own peak (ru_maxrss would include the parent's before exec).
+    code = (
+        "import re, sys, time; from nst_jax import _pth, errors\n"
+        "t = time.perf_counter()\n"
+        "for p in sys.argv[1:]:\n"
+        "    try: _pth.read_state_dict(p)\n"
+        "    except errors.WeightsError: pass\n"
+        "    else: raise SystemExit('accepted ' + p)\n"
+        "hwm = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)\n"
+        "print(time.perf_counter() - t, hwm)\n"
+    )
+    (tmp_path / "deep.pth").write_bytes(_DEEP_KEY)
+    big = tmp_path / "bomb.pth"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as zf, zf.open("a/data.pkl", "w", force_zip64=True) as f:
+        f.write(b"\x80\x02]")
+        for _ in range(600):
+            f.write(b"N" * (1 << 20))
+        f.write(b".")
+    files = [tmp_path / "deep.pth", _zip_pth(tmp_path / "cyclic.pth", _SELF_DICT, {}), big]
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code, *map(str, files)], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    seconds, peak_kib = float(out[0]), int(out[1])
+    assert seconds < 10
+    assert peak_kib < 200 * 1024  # numpy import included; the 600 MB entry is never inflated

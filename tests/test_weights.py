@@ -6,6 +6,7 @@ PyTorch (``tensor.float().numpy()``, ``weight.permute(2, 3, 1, 0)``, a torch for
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import io
@@ -14,6 +15,7 @@ import pathlib
 import re
 import shutil
 import urllib.error
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -109,9 +111,9 @@ def test_load_vgg19_never_reads_the_classifier(monkeypatch):
     read = []
     original = _pth._ZipCheckpoint._read_root
 
-    def spy(self, key):
+    def spy(self, key, nbytes):
         read.append(key)
-        return original(self, key)
+        return original(self, key, nbytes)
 
     monkeypatch.setattr(_pth._ZipCheckpoint, "_read_root", spy)
     weights.load_vgg19(path)
@@ -307,7 +309,9 @@ def test_registry():
     for name in ("adain_vgg", "adain_decoder"):
         spec = weights.WEIGHTS[name]
         assert spec.url.startswith("https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/")
-        assert spec.sha256 is None and weights.hash_prefix_from_url(spec.url) is None
+        assert weights.hash_prefix_from_url(spec.url) is None
+    assert weights.WEIGHTS["adain_vgg"].sha256 == "804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a"
+    assert weights.WEIGHTS["adain_decoder"].sha256 == "379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472"
     assert {n: s.kind for n, s in weights.WEIGHTS.items()} == {k: k for k in weights.KINDS}
     assert {s.kind: s.flag for s in weights.WEIGHTS.values()} == FLAGS
 
@@ -506,3 +510,110 @@ def test_port_checks_the_hash_in_the_file_name(port, tmp_path, capsys):
 
 def test_unsafe_error_type_is_a_weights_error():
     assert issubclass(UnsafePickleError, WeightsError)
+
+
+# --- hardening: npz readers bound what they read, downloads are pinned --------------------------
+
+
+def _npz_with(path: pathlib.Path, arrays: dict, compressed: set = frozenset()) -> pathlib.Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy")
+            info.compress_type = zipfile.ZIP_DEFLATED if key in compressed else zipfile.ZIP_STORED
+            with zf.open(info, "w", force_zip64=True) as m:
+                np.lib.format.write_array(m, np.asarray(array), allow_pickle=False)
+    return path
+
+
+def _narrow_flat() -> dict[str, np.ndarray]:
+    params = weights.load_vgg19(FIXTURES / "vgg19_narrow.pth")
+    return {f"{n}/{leaf}": v for n, leaves in params.items() for leaf, v in leaves.items()}
+
+
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda f: f.update({"conv1_1/kernel": np.full((3, 3, 3, 4), "x")}), "element type <U1, expected floating"),
+        (lambda f: f.update({"conv1_1/kernel": np.zeros((3, 3, 3, 0), np.float32),
+                             "conv1_1/bias": np.zeros(0, np.float32)}), "maps 3 to 0 channels"),
+        (lambda f: f.update({"conv5_4/kernel": np.zeros((3, 3, f["conv5_4/kernel"].shape[2], 600), np.float32),
+                             "conv5_4/bias": np.zeros(600, np.float32)}), "1 to 512 outputs"),
+    ],
+)
+def test_npz_dtype_and_channel_bounds(edit, needle, tmp_path):
+    flat = _narrow_flat()
+    edit(flat)
+    with pytest.raises(WeightsError, match=needle):
+        weights.load_vgg19(_npz_with(tmp_path / "w.npz", flat))
+
+
+def test_npz_reads_headers_before_data_and_never_inflates_unneeded_members(tmp_path, monkeypatch):
+    flat = _narrow_flat()
+    flat["extra/big"] = np.zeros(16 << 20, np.float32)  # 64 MiB, compressed to ~64 KB
+    path = _npz_with(tmp_path / "w.npz", flat, compressed={"extra/big"})
+    opened = []
+    original = zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open",
+                        lambda self, name, *a, **k: opened.append(getattr(name, "filename", name))
+                        or original(self, name, *a, **k))
+    with pytest.raises(WeightsError, match=r"1 unexpected: \+extra/big \(not read\)"):
+        weights.load_vgg19(path)
+    assert path.stat().st_size < 2 << 20
+    assert "extra/big.npy" not in opened and "conv1_1/kernel.npy" in opened
+    # A too-wide kernel is refused from its header: no member's data is read.
+    flat = _narrow_flat()
+    flat["conv1_1/kernel"] = np.zeros((3, 3, 3, 4096), np.float32)
+    flat["conv1_1/bias"] = np.zeros(4096, np.float32)
+    arrays = []
+    monkeypatch.setattr(weights._Npz, "array", lambda self, key: arrays.append(key))
+    with pytest.raises(WeightsError, match="1 to 64 outputs"):
+        weights.load_vgg19(_npz_with(tmp_path / "wide.npz", flat))
+    assert arrays == []
+
+
+def test_npz_encrypted_member_and_0_d_kind(tmp_path):
+    path = weights.save_params(weights.load_vgg19(FIXTURES / "vgg19_narrow.pth"), tmp_path / "w.npz", kind="vgg19")
+    blob = bytearray(path.read_bytes())
+    blob[blob.index(b"PK\x01\x02") + 8] |= 0x1
+    path.write_bytes(blob)
+    with pytest.raises(WeightsError, match="is encrypted"):
+        weights.load_vgg19(path)
+
+
+def _adain_opener(data: bytes, calls: list):
+    def opener(url, timeout):
+        calls.append(url)
+        return io.BytesIO(data)
+    return opener
+
+
+@pytest.mark.parametrize("name", ["adain_vgg", "adain_decoder"])
+def test_tampered_adain_download_is_refused_and_nothing_is_cached(name, cache):
+    fixture = {"adain_vgg": "adain_vgg_narrow.pth", "adain_decoder": "adain_decoder_narrow.pth"}[name]
+    calls = []
+    with pytest.raises(ChecksumError, match=weights.WEIGHTS[name].sha256[:16]):
+        weights.resolve_weights(name, opener=_adain_opener((FIXTURES / fixture).read_bytes(), calls))
+    assert calls == [weights.WEIGHTS[name].url]
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_cached_copy_is_verified_before_conversion(cache):
+    data = (FIXTURES / "adain_decoder_narrow.pth").read_bytes()
+    spec = dataclasses.replace(weights.WEIGHTS["adain_decoder"], sha256=hashlib.sha256(data).hexdigest())
+    cache.mkdir()
+    (cache / spec.filename).write_bytes(data[:-10])  # a truncated earlier download
+    calls = []
+    params = weights.resolve_weights(spec, opener=_adain_opener(data, calls))
+    assert calls == [spec.url]  # the bad cached copy was not trusted
+    assert set(params) == set(weights.ADAIN_DECODER_LAYERS)
+    assert sorted(p.name for p in cache.iterdir()) == ["adain_decoder.npz"]
+
+
+def test_weights_cache_that_is_a_file(tmp_path, monkeypatch):
+    blocker = tmp_path / "cache"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NST_JAX_CACHE", str(blocker))
+    with pytest.raises(DownloadError, match="is a file, not a folder; set NST_JAX_CACHE") as err:
+        weights.resolve_weights("adain_vgg", opener=_adain_opener(b"", []))
+    assert "\n" not in str(err.value)
+    assert blocker.read_text() == "not a folder"
