@@ -76,6 +76,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import math
@@ -642,28 +643,36 @@ def _holding_unraisable():
             previous(report)
 
 
-def _restore_step(manager, step: int, args):
-    """``manager.restore(step, args)``, without the echoes of a failed read of damaged files.
+class _UnreadableCheckpoint(Exception):
+    """A checkpoint's files are missing, truncated or garbled; ``str()`` says why in one line."""
 
-    When orbax's read of a damaged checkpoint fails, its other reads still complete and each
-    reports "Event loop is closed" through ``sys.unraisablehook``: dozens of tracebacks on stderr
-    for an error that is handled. Those are dropped; anything else is passed on.
+
+def _restore_step(manager, step: int, args):
+    """``manager.restore(step, args)``; damaged files raise :class:`_UnreadableCheckpoint`, quietly.
+
+    When orbax's read of a damaged checkpoint fails, its other reads still complete (on
+    tensorstore's threads) and report "Event loop is closed", and its abandoned coroutines report
+    the read error again when collected, all through ``sys.unraisablehook``: dozens of tracebacks on
+    stderr for an error that is handled. Those are dropped; anything else is passed on.
     """
     with _holding_unraisable() as held:
         try:
             return manager.restore(step, args=args)
         except Exception as err:  # narrowed at once: anything but damaged files propagates
-            if _unreadable_checkpoint(err):
-                # The other reads finish on tensorstore's threads after orbax has given up: wait
-                # (bounded) until the reports stop before dropping them.
-                deadline = time.monotonic() + _SETTLE_LIMIT_S
-                seen = -1
-                while len(held) != seen and time.monotonic() < deadline:
-                    seen = len(held)
-                    time.sleep(_SETTLE_QUIET_S)
-                logger.debug("restoring step %d failed; dropped %d follow-up error report(s)", step, len(held))
-                held.clear()
-            raise
+            if not _unreadable_checkpoint(err):
+                raise
+            why = _restore_failure(err)
+        # Out of the except block the error and its frames are released; collect them now and
+        # wait (bounded) until the late reports stop, then drop them.
+        deadline = time.monotonic() + _SETTLE_LIMIT_S
+        seen = -1
+        while len(held) != seen and time.monotonic() < deadline:
+            seen = len(held)
+            gc.collect()
+            time.sleep(_SETTLE_QUIET_S)
+        logger.debug("restoring step %d failed; dropped %d follow-up error report(s)", step, len(held))
+        held.clear()
+    raise _UnreadableCheckpoint(why)
 
 
 _SETTLE_QUIET_S = 0.2
@@ -696,10 +705,8 @@ def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainS
     for step in steps:
         try:
             state = _restore_step(manager, step, ocp.args.StandardRestore(abstract))
-        except Exception as err:  # narrowed at once: anything but damaged files propagates
-            if not _unreadable_checkpoint(err):
-                raise
-            failed.append((step, _restore_failure(err)))
+        except _UnreadableCheckpoint as err:
+            failed.append((step, str(err)))
             continue
         warnings = []
         for bad, why in failed:
@@ -746,10 +753,8 @@ def export_decoder(workdir: str | os.PathLike, out: str | os.PathLike, *, step: 
             try:
                 # Reading the saved tree as-is (numpy leaves) needs no abstract target.
                 restored = _restore_step(manager, s, ocp.args.StandardRestore())
-            except Exception as err:  # narrowed at once: anything but damaged files propagates
-                if not _unreadable_checkpoint(err):
-                    raise
-                errors.append(f"step {s}: {_restore_failure(err)}")
+            except _UnreadableCheckpoint as err:
+                errors.append(f"step {s}: {err}")
                 continue
             params = restored["params"] if isinstance(restored, Mapping) else restored[1]
             return weights.save_adain_decoder(jax.device_get(params), out)
