@@ -13,10 +13,12 @@ dataset at ``s`` and sees exactly the batches an uninterrupted run would have se
 number of worker processes. Content and style are two such streams with independent seeds, so the
 two datasets may have any sizes.
 
-Unreadable files. :func:`scan_image_folder` opens every file's header once and skips (and counts)
-files that are not decodable images. A file whose header reads but whose body is broken (a truncated
-JPEG) is found only when decoded in a worker; it is then replaced by the next readable file of the
-folder and a warning is logged (from that worker process).
+Unreadable files. Images are opened only with the decoders of :data:`READ_FORMATS` (the allow-list
+of :func:`nst_jax.image.load_image`; never Ghostscript). :func:`scan_image_folder` opens every
+file's header once and skips (and counts) files that are not decodable images of those formats. A
+file whose header reads but whose body is broken (a truncated JPEG) is found only when decoded in a
+worker; it is then replaced by the next readable file of the folder (the next record of a TFDS
+dataset) and a warning is logged (from that worker process).
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ logger = logging.getLogger(__name__)
 # subclass of Exception raised for absurdly large images, which we also skip.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError)
 
+# The decoders training lets Pillow use: the same allow-list as image.load_image. Without it Pillow
+# picks a decoder from the file's bytes, whatever its name, and an EPS file (say, saved as x.png)
+# makes it run Ghostscript; such files are skipped and counted like any other unreadable file.
+READ_FORMATS: tuple[str, ...] = image._READ_FORMATS
+
+
+def _open(fp) -> Image.Image:
+    return Image.open(fp, formats=READ_FORMATS)
+
 
 @dataclasses.dataclass(frozen=True)
 class FolderScan:
@@ -61,7 +72,7 @@ class FolderScan:
 
 def _readable(path: str) -> bool:
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             im.size  # noqa: B018 - reading the header is the check
         return True
     except _DECODE_ERRORS:
@@ -136,7 +147,7 @@ def decode_and_fit(data: bytes | np.ndarray, load_size: int, crop: int) -> np.nd
             arr = np.repeat(arr, 3, axis=-1)
         im = Image.fromarray(np.ascontiguousarray(arr[..., :3]).astype(np.uint8))
     else:
-        im = Image.open(io.BytesIO(data))
+        im = _open(io.BytesIO(data))
         if load_size > 0:
             # JPEG can decode at 1/2, 1/4, 1/8 scale for free; draft() keeps the result at least as
             # large as requested, so the resize below still sets the exact size.
@@ -203,6 +214,12 @@ class TfdsImageSource:
         name, split = parse_tfds_name(spec)
         try:
             self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+            features = self._source.dataset_info.features
+            if image_key in features.keys() and isinstance(features[image_key], tfds.features.Image):
+                # The encoded bytes, decoded here with the allow-list: TFDS's own decoder opens
+                # them with Pillow's full set of formats (Ghostscript included).
+                self._source = tfds.data_source(name, split=split, data_dir=data_dir,
+                                                decoders={image_key: tfds.decode.SkipDecoding()})
         except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, AssertionError,
                 ValueError) as err:
             where = f" in {data_dir}" if data_dir else ""
@@ -229,8 +246,18 @@ class TfdsImageSource:
         return len(self._source)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        record = self._source[index % len(self._source)]
-        return decode_and_fit(np.asarray(record[self.image_key]), self.load_size, self.crop)
+        n = len(self._source)
+        for k in range(n):
+            i = (index + k) % n
+            value = self._source[i][self.image_key]
+            try:
+                return decode_and_fit(value if isinstance(value, bytes) else np.asarray(value),
+                                      self.load_size, self.crop)
+            except _DECODE_ERRORS as err:
+                # As for folders: an undecodable record is replaced by the next one.
+                logger.warning("cannot decode record %d of %s (%s); using the next image instead",
+                               i, self.spec, err)
+        raise InputImageError(f"none of the {n} records of TFDS dataset {self.spec!r} could be decoded")
 
     def __repr__(self) -> str:
         return f"TfdsImageSource({self.spec!r}, {len(self)} records)"

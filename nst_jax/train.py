@@ -48,8 +48,9 @@ Parallelism and state. One jitted, pure :func:`train_step` runs on a 1-D ``Mesh`
 inserts the gradient all-reduce, so a step on D devices computes the same update as on one. The state
 is created where it lives (``jax.eval_shape`` + ``jit(out_shardings=...)``) and donated to each step.
 
-Workdir layout (written by process 0): ``config.json`` (all config fields, device and process
-counts, JAX version, the step the run resumed from), ``metrics.jsonl`` (one line per ``log_every``
+Workdir layout (written by process 0; every path is made absolute first): ``config.json`` (all
+config fields, device and process counts, JAX version, the step the run resumed from, the number of
+unreadable image files skipped per stream), ``metrics.jsonl`` (one line per ``log_every``
 steps: step, loss, content_loss, style_loss, grad_norm, lr, images_per_sec — means over the
 window; the first window's throughput includes compilation), ``loss_curve.png`` (Lc and Ls,
 redrawn at every log), ``checkpoints/<step>/`` (orbax ``CheckpointManager``: every
@@ -59,9 +60,11 @@ redrawn at every log), ``checkpoints/<step>/`` (orbax ``CheckpointManager``: eve
 
 Resuming. A run in a workdir with checkpoints continues from the latest readable one (``--steps``
 is the total, so a rerun with a larger value trains only the missing steps). A checkpoint that
-cannot be read (a half-written or damaged one) is moved to ``corrupt_checkpoints/`` with a logged
-warning and the previous one is used. Metrics lines logged after the restored step (by a run killed
-between checkpoints) are dropped, so no step appears twice. The data streams are random-access in
+cannot be read (a half-written or damaged one: truncated or garbled files, an empty folder) is
+moved to ``corrupt_checkpoints/`` with a logged warning and the previous one is used. Metrics lines
+logged after the restored step (by a run killed between checkpoints) are dropped, so no step appears
+twice; damaged lines (not UTF-8 JSON) are dropped too, after the file is kept as
+``metrics.jsonl.damaged``, with a warning. The data streams are random-access in
 the step number (:mod:`nst_jax.data`): the resumed run reads exactly the batches the uninterrupted
 run would have read, so no iterator state needs saving. A NaN/inf loss or gradient stops training
 with :class:`~nst_jax.errors.NonFiniteLossError`; finiteness is checked before every save, so no
@@ -70,13 +73,16 @@ checkpoint holds a state produced by a bad step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -522,18 +528,55 @@ def _atomic_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def read_metrics(workdir: str | os.PathLike) -> list[dict]:
-    """The records of ``workdir/metrics.jsonl`` (a torn last line from a killed run is ignored)."""
-    path = Path(workdir) / METRICS_FILE
+# A metrics record is about 250 bytes; a longer line is not one the trainer wrote.
+_MAX_METRICS_LINE = 1 << 16
+
+
+def _parse_record(line: bytes) -> dict | None:
+    """The record on one metrics.jsonl line, or None when it is not one (bad UTF-8, JSON or fields)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    for key in ("content_loss", "style_loss"):  # what the loss curve draws
+        value = record.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            return None
+    return record
+
+
+def _scan_metrics(path: Path) -> tuple[list[dict], int]:
+    """(records, number of damaged lines) of a metrics.jsonl; a torn last line is not counted as damage."""
+    records, bad = [], 0
     if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+        return records, bad
+    with open(path, "rb") as f:
+        while line := f.readline(_MAX_METRICS_LINE + 1):
+            torn = not line.endswith(b"\n")
+            if torn and len(line) > _MAX_METRICS_LINE:  # over-long: skip the rest of it unread
+                while (rest := f.readline(_MAX_METRICS_LINE)) and not rest.endswith(b"\n"):
+                    pass
+                bad += 1
+                continue
+            if not line.strip():
+                continue
+            record = _parse_record(line)
+            if record is not None:
+                records.append(record)
+            elif not torn:  # a torn last line is what a run killed mid-write leaves
+                bad += 1
+    return records, bad
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """The records of ``workdir/metrics.jsonl``; lines that are not records (a torn last line from a
+    killed run, bytes that are not UTF-8 JSON) are left out."""
+    return _scan_metrics(Path(workdir) / METRICS_FILE)[0]
 
 
 def plot_metrics(records: list[dict], path: Path) -> None:
@@ -551,12 +594,94 @@ def _checkpoint_manager(workdir: Path, config: TrainConfig):
     # most ``checkpoint_every`` steps. Saving a decoder every few thousand steps costs well under 0.1%.
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep, save_interval_steps=config.checkpoint_every,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(workdir / CHECKPOINT_DIR, options=options)
+    return _open_manager(workdir / CHECKPOINT_DIR, options)
+
+
+def _open_manager(root: Path, options=None):
+    import orbax.checkpoint as ocp
+
+    # One unnamed item, declared up front. Left to itself the manager infers "one item or several"
+    # from the layout of the newest step folder and keeps that answer: an empty newest folder then
+    # made every older, intact checkpoint fail to restore as well.
+    return ocp.CheckpointManager(root, options=options, item_handlers=ocp.StandardCheckpointHandler())
 
 
 # Errors orbax / tensorstore raise for missing, truncated or garbled checkpoint files
 # (FileNotFoundError, json.JSONDecodeError and tensorstore's ValueError among them).
 _RESTORE_ERRORS = (OSError, ValueError, KeyError, TypeError)
+
+
+def _unreadable_checkpoint(err: Exception) -> bool:
+    """Whether ``err`` from a restore means damaged files (as opposed to a bug to let through)."""
+    if isinstance(err, _RESTORE_ERRORS):
+        return True
+    # orbax re-raises a failed tensorstore read (e.g. a data file truncated to 0 bytes) as a plain
+    # ``Exception`` chained to the real error; only that exact wrapping is a damaged file.
+    return _wrapped_read_error(err) is not None
+
+
+def _wrapped_read_error(err: Exception) -> BaseException | None:
+    if type(err) is Exception and isinstance(err.__cause__, _RESTORE_ERRORS):
+        return err.__cause__
+    return None
+
+
+@contextlib.contextmanager
+def _holding_unraisable():
+    """Holds back what reaches ``sys.unraisablehook`` in the block, then passes on what is left.
+
+    Yields the list of held reports; the block clears it to drop them.
+    """
+    held: list = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = held.append
+    try:
+        yield held
+    finally:
+        sys.unraisablehook = previous
+        for report in held:
+            previous(report)
+
+
+class _UnreadableCheckpoint(Exception):
+    """A checkpoint's files are missing, truncated or garbled; ``str()`` says why in one line."""
+
+
+def _restore_step(manager, step: int, args):
+    """``manager.restore(step, args)``; damaged files raise :class:`_UnreadableCheckpoint`, quietly.
+
+    When orbax's read of a damaged checkpoint fails, its other reads still complete (on
+    tensorstore's threads) and report "Event loop is closed", and its abandoned coroutines report
+    the read error again when collected, all through ``sys.unraisablehook``: dozens of tracebacks on
+    stderr for an error that is handled. Those are dropped; anything else is passed on.
+    """
+    with _holding_unraisable() as held:
+        try:
+            return manager.restore(step, args=args)
+        except Exception as err:  # narrowed at once: anything but damaged files propagates
+            if not _unreadable_checkpoint(err):
+                raise
+            why = _restore_failure(err)
+        # Out of the except block the error and its frames are released; collect them now and
+        # wait (bounded) until the late reports stop, then drop them.
+        deadline = time.monotonic() + _SETTLE_LIMIT_S
+        seen = -1
+        while len(held) != seen and time.monotonic() < deadline:
+            seen = len(held)
+            gc.collect()
+            time.sleep(_SETTLE_QUIET_S)
+        logger.debug("restoring step %d failed; dropped %d follow-up error report(s)", step, len(held))
+        held.clear()
+    raise _UnreadableCheckpoint(why)
+
+
+_SETTLE_QUIET_S = 0.2
+_SETTLE_LIMIT_S = 5.0
+
+
+def _restore_failure(err: Exception) -> str:
+    """One line saying why a restore failed (the tensorstore error, not orbax's wrapper)."""
+    return _one_line(_wrapped_read_error(err) or err)
 
 
 def _one_line(err: BaseException) -> str:
@@ -579,9 +704,9 @@ def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainS
     failed: list[tuple[int, str]] = []
     for step in steps:
         try:
-            state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        except _RESTORE_ERRORS as err:
-            failed.append((step, _one_line(err)))
+            state = _restore_step(manager, step, ocp.args.StandardRestore(abstract))
+        except _UnreadableCheckpoint as err:
+            failed.append((step, str(err)))
             continue
         warnings = []
         for bad, why in failed:
@@ -618,18 +743,18 @@ def export_decoder(workdir: str | os.PathLike, out: str | os.PathLike, *, step: 
     """
     import orbax.checkpoint as ocp
 
-    root = Path(workdir) / CHECKPOINT_DIR
+    root = _absolute(workdir) / CHECKPOINT_DIR  # orbax accepts only absolute paths
     if not root.is_dir():
         raise ConfigError(f"no checkpoints in {workdir}; train first or pass the training --workdir")
-    with ocp.CheckpointManager(root) as manager:
+    with _open_manager(root) as manager:
         steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
         errors = []
         for s in steps:
             try:
                 # Reading the saved tree as-is (numpy leaves) needs no abstract target.
-                restored = manager.restore(s, args=ocp.args.StandardRestore())
-            except _RESTORE_ERRORS as err:
-                errors.append(f"step {s}: {_one_line(err)}")
+                restored = _restore_step(manager, s, ocp.args.StandardRestore())
+            except _UnreadableCheckpoint as err:
+                errors.append(f"step {s}: {err}")
                 continue
             params = restored["params"] if isinstance(restored, Mapping) else restored[1]
             return weights.save_adain_decoder(jax.device_get(params), out)
@@ -684,20 +809,42 @@ def _record(step: int, window: list[dict], batch_size: int, seconds: float) -> d
     }
 
 
-def _write_config(workdir: Path, config: TrainConfig, mesh: Mesh, start_step: int) -> None:
+def _write_config(workdir: Path, config: TrainConfig, mesh: Mesh, start_step: int,
+                  skipped: Mapping[str, int]) -> None:
     record = dataclasses.asdict(config)
     record.update(style_weight_used=config.effective_style_weight, num_devices=mesh.size,
-                  num_processes=jax.process_count(), jax_version=jax.__version__, resumed_from_step=start_step)
+                  num_processes=jax.process_count(), jax_version=jax.__version__, resumed_from_step=start_step,
+                  skipped_unreadable_files=dict(skipped))
     _atomic_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def _trim_metrics(workdir: Path, start_step: int) -> list[dict]:
-    """Drops records logged after ``start_step`` (by a run that died before its next checkpoint)."""
-    records = [r for r in read_metrics(workdir) if r.get("step", 0) <= start_step]
+def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | None]:
+    """Drops records logged after ``start_step`` (by a run that died before its next checkpoint).
+
+    Damaged lines (not UTF-8, not JSON, not a record) do not stop a resume: the log is the
+    trainer's own and the checkpoint holds the state. The damaged file is kept, renamed to
+    ``metrics.jsonl.damaged[.N]``, and the returned warning says where.
+
+    Returns:
+      (the records kept, a warning or None).
+    """
     path = workdir / METRICS_FILE
-    if path.exists():
+    records, bad = _scan_metrics(path)
+    records = [r for r in records if r["step"] <= start_step]
+    warning = None
+    if bad:
+        backup = path.with_name(path.name + ".damaged")
+        n = 0
+        while backup.exists():
+            n += 1
+            backup = path.with_name(f"{path.name}.damaged.{n}")
+        os.replace(path, backup)
+        warning = (f"{path} had {bad} damaged line(s) (not UTF-8 JSON records); kept it as {backup} and "
+                   f"continued with its {len(records)} readable record(s)")
+        logger.warning("%s", warning)
+    if path.exists() or bad:
         _atomic_text(path, "".join(json.dumps(r) + "\n" for r in records))
-    return records
+    return records, warning
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Params | None = None,
@@ -725,6 +872,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
       NonFiniteLossError: the loss or gradients became NaN/inf; no checkpoint of a bad state is saved.
     """
     check_config(config)
+    # Resolved once, here: orbax refuses relative checkpoint paths, and grain worker processes
+    # must find the images wherever the current directory is later.
+    config = absolute_paths(config)
+    workdir = _absolute(workdir)
     if config.distributed:
         _initialize_distributed()
     mesh = make_mesh(devices)
@@ -732,7 +883,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
     # Scan the image folders before compiling anything: a bad folder is refused in milliseconds.
     content_source, skipped_content = make_source(config, "content")
     style_source, skipped_style = make_source(config, "style")
-    workdir = _make_workdir(Path(workdir))
+    skipped = {"content": skipped_content, "style": skipped_style}
+    workdir = _make_workdir(workdir)
     is_main = jax.process_index() == 0
 
     if encoder_params is None:
@@ -755,8 +907,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         latest_ckpt = manager.latest_step()
         history: list[dict] = []
         if is_main:
-            _write_config(workdir, config, mesh, start_step)
-            history = _trim_metrics(workdir, start_step)
+            _write_config(workdir, config, mesh, start_step, skipped)
+            history, metrics_warning = _trim_metrics(workdir, start_step)
+            if metrics_warning:
+                warnings = [*warnings, metrics_warning]
         records: list[dict] = []
         interrupted = False
         step = start_step
@@ -805,7 +959,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         if not interrupted and is_main:
             decoder_path = weights.save_adain_decoder(jax.device_get(state.params), workdir / DECODER_FILE)
         return TrainResult(state=state, start_step=start_step, step=step, records=records,
-                           skipped={"content": skipped_content, "style": skipped_style},
+                           skipped=skipped,
                            warnings=warnings, interrupted=interrupted, decoder_path=decoder_path)
     finally:
         if stream is not None and hasattr(stream, "close"):
@@ -814,11 +968,29 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         manager.close()
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` with ``~`` expanded, made absolute and normalized (symlinks are left as they are)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The config with every file and folder path (images, TFDS data_dir, --vgg) made absolute."""
+    fields = ("content_dir", "style_dir", "tfds_data_dir", "vgg")
+    return dataclasses.replace(config, **{name: str(_absolute(getattr(config, name))) for name in fields
+                                          if getattr(config, name) is not None})
+
+
+# What each fixed entry of a workdir must be when it exists: True for a folder, False for a file.
+_WORKDIR_ENTRIES: dict[str, bool] = {CHECKPOINT_DIR: True, CORRUPT_DIR: True, CONFIG_FILE: False,
+                                     METRICS_FILE: False, PLOT_FILE: False, DECODER_FILE: False}
+
+
 def _make_workdir(workdir: Path) -> Path:
-    """Creates ``workdir`` (and its parents) if missing.
+    """Creates ``workdir`` (and its parents) if missing; checks the kind of the entries it holds.
 
     Raises:
-      OutputPathError: the path is a file, or it cannot be created (e.g. it sits under a file).
+      OutputPathError: the path is a file, it cannot be created (e.g. it sits under a file), or
+        one of its fixed entries (``checkpoints``, ``metrics.jsonl``, ...) is of the wrong kind.
     """
     if workdir.exists() and not workdir.is_dir():
         raise OutputPathError(f"--workdir {workdir} is a file; pass a folder")
@@ -827,6 +999,12 @@ def _make_workdir(workdir: Path) -> Path:
     except OSError as err:
         raise OutputPathError(f"cannot create --workdir {workdir} ({err.strerror or err}); "
                               "choose another folder") from err
+    for name, is_dir in _WORKDIR_ENTRIES.items():
+        entry = workdir / name
+        if entry.exists() and not (entry.is_dir() if is_dir else entry.is_file()):
+            want = "folder" if is_dir else "regular file"
+            raise OutputPathError(f"{entry} is not a {want}, which training keeps there; move it out of "
+                                  "the way or pass another --workdir")
     return workdir
 
 

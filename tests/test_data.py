@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from nst_jax import data
 from nst_jax.errors import ConfigError, InputImageError
@@ -216,3 +218,81 @@ def test_tfds_array_record_source(tmp_path):
         data.TfdsImageSource("no_such_dataset_xyz", 36, 32, data_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="no feature 'picture'; pass --tfds-image-key with one of: image"):
         data.TfdsImageSource(builder.name, 36, 32, data_dir=str(tmp_path), image_key="picture")
+
+
+# A minimal EPS: Pillow recognises it by content, whatever the file is called, and decoding it
+# would run Ghostscript.
+_EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\n%%EndComments\nnewpath 0 0 moveto showpage\n%%EOF\n"
+
+
+@pytest.fixture
+def fake_gs(tmp_path, monkeypatch):
+    """A failing ``gs`` first on PATH that records each call; Pillow forgets any gs it looked up."""
+    from PIL import EpsImagePlugin
+
+    bin_dir, calls = tmp_path / "fake-bin", tmp_path / "gs-calls.txt"
+    bin_dir.mkdir()
+    gs = bin_dir / "gs"
+    gs.write_text(f"#!/bin/sh\necho \"$@\" >> '{calls}'\nexit 1\n")
+    gs.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    monkeypatch.setattr(EpsImagePlugin, "gs_windows_binary", None)
+    return calls
+
+
+def _control_runs_gs(eps_path, calls):
+    """Pillow without an allow-list does start the fake gs on this file (so the tests above can fail)."""
+    with pytest.raises(subprocess.CalledProcessError), Image.open(eps_path) as im:
+        im.load()
+    assert calls.exists()
+
+
+def test_eps_named_png_is_skipped_and_never_runs_ghostscript(tmp_path, fake_gs, caplog):
+    folder = tmp_path / "style"
+    folder.mkdir()
+    good = _png(folder / "a.png", 40, 40, value=200)
+    (folder / "x.png").write_bytes(_EPS)
+    with caplog.at_level(logging.WARNING, logger="nst_jax.data"):
+        scan = data.scan_image_folder(folder)
+    assert scan.files == (str(good),) and scan.skipped == (str(folder / "x.png"),)
+    assert "skipped 1 unreadable" in caplog.text
+    with pytest.raises(UnidentifiedImageError):
+        data.decode_and_fit(_EPS, 36, 32)
+    # A file that turned into EPS after the scan is replaced at decode time, like a broken body.
+    source = data.ImageFolderSource([str(folder / "x.png"), str(good)], 36, 32)
+    assert (source[0] == 200).all()
+    assert not fake_gs.exists()
+    _control_runs_gs(folder / "x.png", fake_gs)
+
+
+def test_tfds_records_decode_with_the_allow_list(tmp_path, fake_gs, caplog):
+    tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS sources need the tfds extra")
+    png = io.BytesIO()
+    Image.fromarray(np.full((36, 40, 3), 70, np.uint8)).save(png, "PNG")
+
+    class NstEpsImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        """An EPS record (TFDS stores encoded bytes as given) followed by a PNG."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Image(shape=(None, None, 3))
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"image": image}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield 0, {"image": _EPS}
+            yield 1, {"image": png.getvalue()}
+
+    builder = NstEpsImages(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    builder.download_and_prepare()
+    source = data.TfdsImageSource(f"{builder.name}:train", 36, 32, data_dir=str(tmp_path / "tfds"))
+    eps_index = next(i for i in range(2) if source._source[i]["image"] == _EPS)
+    with caplog.at_level(logging.WARNING, logger="nst_jax.data"):
+        item = source[eps_index]
+    assert (item == 70).all() and item.shape == (36, 40, 3)  # the PNG record took its place
+    assert f"cannot decode record {eps_index}" in caplog.text
+    assert not fake_gs.exists()

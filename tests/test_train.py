@@ -26,7 +26,7 @@ import pytest
 from PIL import Image
 
 from nst_jax import plot, train, weights
-from nst_jax.errors import ConfigError, DeviceCountError, NonFiniteLossError
+from nst_jax.errors import ConfigError, DeviceCountError, NonFiniteLossError, OutputPathError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "train"
@@ -379,6 +379,87 @@ def test_corrupt_latest_checkpoint_is_skipped_with_a_warning(image_dirs, ref, tm
         shutil.rmtree(tmp_path / "checkpoints" / str(step) / "default")
     with pytest.raises(ConfigError, match="no checkpoint in .* can be restored .*use a new --workdir"):
         train.train(_config(image_dirs, steps=6), tmp_path, encoder_params=enc)
+
+
+def test_relative_workdir_and_image_folders_checkpoint_and_resume(image_dirs, ref, tmp_path, monkeypatch):
+    """The README's ``--workdir runs/adain``: orbax takes only absolute paths, so train() resolves them."""
+    enc = _tree(ref, "enc")
+    monkeypatch.chdir(tmp_path)
+    content = os.path.relpath(image_dirs[0], tmp_path)
+    config = _config(image_dirs, content_dir=content, steps=2, checkpoint_every=1)
+    first = train.train(config, Path("runs") / "adain", encoder_params=enc)
+    assert first.step == 2 and _steps_on_disk(tmp_path / "runs" / "adain") == [1, 2]
+    recorded = json.loads((tmp_path / "runs" / "adain" / "config.json").read_text())
+    assert recorded["content_dir"] == str(image_dirs[0])  # made absolute
+    second = train.train(dataclasses.replace(config, steps=3), "runs/adain", encoder_params=enc)
+    assert (second.start_step, second.step) == (2, 3)
+    exported = train.export_decoder("runs/adain", "decoder-3.npz")
+    assert _max_abs_diff(weights.load_adain_decoder(exported), second.state.params) == 0
+
+
+def _empty_files(step_dir: Path, only_data: bool = False) -> None:
+    for f in step_dir.rglob("*"):
+        # Only the array data files the OCDBT manifest points to: orbax then wraps tensorstore's
+        # error in a bare Exception, and its abandoned reads report "Event loop is closed".
+        if f.is_file() and (not only_data or f.parent.parent.name.startswith("ocdbt.process")):
+            f.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", ["empty files", "empty data files", "empty folder"])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(image_dirs, ref, tmp_path, caplog, monkeypatch,
+                                                                  damage):
+    enc = _tree(ref, "enc")
+    train.train(_config(image_dirs, steps=4), tmp_path, encoder_params=enc)
+    latest = tmp_path / "checkpoints" / "4"
+    if damage == "empty folder":
+        shutil.rmtree(latest)
+        latest.mkdir()
+    else:  # all files truncated to 0 bytes, or only the array data (orbax wraps that error in Exception)
+        _empty_files(latest, only_data=damage == "empty data files")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with caplog.at_level(logging.WARNING, logger="nst_jax.train"):
+        result = train.train(_config(image_dirs, steps=5), tmp_path, encoder_params=enc)
+    monkeypatch.undo()
+    assert (result.start_step, result.step) == (2, 5)
+    assert len(result.warnings) == 1 and "checkpoint at step 4 is unreadable" in result.warnings[0]
+    assert "resumed from step 2" in caplog.text
+    assert (tmp_path / "corrupt_checkpoints" / "4").is_dir() and _steps_on_disk(tmp_path) == [2, 4, 5]
+    assert [r["step"] for r in train.read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    # A handled damage prints no tracebacks (the reports of orbax's abandoned reads are dropped).
+    assert not unraisable
+
+
+def test_damaged_metrics_log_is_kept_aside_and_training_resumes(image_dirs, ref, tmp_path):
+    """A metrics.jsonl with non-UTF-8 and non-record lines: the run resumes (the checkpoint holds the
+    state; the log is the trainer's own), and the damaged file is kept unchanged beside it."""
+    enc = _tree(ref, "enc")
+    train.train(_config(image_dirs, steps=2), tmp_path, encoder_params=enc)
+    path = tmp_path / "metrics.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    damaged = lines[0] + b"\xff\xfe not utf-8\n" + b'[1, 2]\n{"step": "3", "content_loss": 1}\n' + lines[1]
+    path.write_bytes(damaged)
+    result = train.train(_config(image_dirs, steps=3), tmp_path, encoder_params=enc)
+    assert (result.start_step, result.step) == (2, 3)
+    assert len(result.warnings) == 1
+    assert re.search(r"had 3 damaged line\(s\) .*kept it as .*metrics\.jsonl\.damaged", result.warnings[0])
+    assert (tmp_path / "metrics.jsonl.damaged").read_bytes() == damaged
+    assert [r["step"] for r in train.read_metrics(tmp_path)] == [1, 2, 3]
+    # A torn last line (a run killed mid-write) is not damage: dropped without a copy.
+    with open(path, "ab") as f:
+        f.write(b'{"step": 4, "los')
+    assert train._trim_metrics(tmp_path, 3) == (train.read_metrics(tmp_path), None)
+    assert not (tmp_path / "metrics.jsonl.damaged.1").exists()
+
+
+@pytest.mark.parametrize("entry, make", [("checkpoints", "file"), ("corrupt_checkpoints", "file"),
+                                         ("metrics.jsonl", "dir")])
+def test_workdir_entry_of_the_wrong_kind_is_refused(image_dirs, ref, tmp_path, entry, make):
+    (tmp_path / entry).mkdir() if make == "dir" else (tmp_path / entry).write_text("mine")
+    kind = "folder" if make == "file" else "regular file"
+    with pytest.raises(OutputPathError, match=f"{re.escape(str(tmp_path / entry))} is not a {kind}, .*move it"):
+        train.train(_config(image_dirs), tmp_path, encoder_params=_tree(ref, "enc"))
+    assert make == "dir" or (tmp_path / entry).read_text() == "mine"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_dirs, ref, tmp_path):

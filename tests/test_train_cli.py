@@ -140,6 +140,17 @@ def test_user_errors_exit_2_with_one_line(image_dirs, tmp_path, capsys, extra, m
     assert len([line for line in err.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_checkpoints_path_that_is_a_file_exits_2_with_one_line(image_dirs, tmp_path, capsys):
+    (tmp_path / "checkpoints").write_text("my notes")
+    rc = train_decoder.main(_args(image_dirs, tmp_path, "--steps", "2"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error:")] == [
+        f"error: {tmp_path / 'checkpoints'} is not a folder, which training keeps there; move it out of the way "
+        "or pass another --workdir"]
+    assert (tmp_path / "checkpoints").read_text() == "my notes"
+
+
 def _wait_for(predicate, proc, timeout: float, what: str, log: Path):
     deadline = time.monotonic() + timeout
     while not predicate():
