@@ -229,3 +229,12 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, argv, message):
     assert message in err and "Traceback" not in err
     assert err.strip().count("\n") == 0 or err.startswith("usage")
     assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_save_every_below_chunk_writes_every_snapshot(tmp_path):
+    """--save-every 2 with the default --chunk 10: a snapshot at every second iteration (issue 16.1)."""
+    out = tmp_path / "se.png"
+    assert gatys.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "7", "--optimizer", "adam",
+                       "--save-every", "2", "--output", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "se.png", "se_iter00002.png", "se_iter00004.png", "se_iter00006.png"]

@@ -599,8 +599,9 @@ def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monke
 def _fake_multiscale(image: np.ndarray):
     """A finished one-level run (so the CLI's saving is tested without compiling anything)."""
     def run_multiscale(*args, **kwargs):
-        result = gatys.RunResult(image, [3.0, 2.0], {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0},
-                                 1, [(1, 0.1)])
+        result = gatys.RunResult(image, [3.0, 2.0], {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0,
+                                                     "content_weighted": 1.0, "style_weighted": 1.0,
+                                                     "tv_weighted": 0.0}, 1, [(1, 0.1)])
         return multiscale.MultiscaleResult(result, [multiscale.Level(40, 1, 2.0, 0.1, [3.0, 2.0])])
 
     return run_multiscale
