@@ -12,7 +12,7 @@ from nst_jax import adain, weights
 from nst_jax import image as image_io
 from nst_jax.errors import DownloadError
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "adain"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "adain"
 VGG = str(FIXTURES / "vgg_normalised_narrow.pth")
 DECODER = str(FIXTURES / "decoder_narrow.pth")
 NETS = ["--vgg", VGG, "--decoder", DECODER]
@@ -99,13 +99,13 @@ def test_interpolation_writes_one_blend_per_content(capsys, files):
                        "--style-interpolation-weights", 1, 3, "--size", 24, "--output", files["out"],
                        *NETS)
     assert code == 0, err
-    assert sorted(p.name for p in files["out"].iterdir()) == ["c0_stylized_s0_s1.png"]
+    assert sorted(p.name for p in files["out"].iterdir()) == ["c0_stylized_s0-0.25_s1-0.75.png"]
     # Weights are normalized: 1, 3 gives the same image as 0.25, 0.75.
     code, _, err = run(capsys, "--content", files["contents"][0], "--style", *files["styles"],
                        "--style-interpolation-weights", 0.25, 0.75, "--size", 24,
                        "--output", files["out"] / "b.png", *NETS)
     assert code == 0, err
-    np.testing.assert_array_equal(load(files["out"] / "c0_stylized_s0_s1.png"),
+    np.testing.assert_array_equal(load(files["out"] / "c0_stylized_s0-0.25_s1-0.75.png"),
                                   load(files["out"] / "b.png"))
 
 

@@ -47,7 +47,7 @@ from nst_jax import adain, data, gatys, multiscale, train, vgg, weights
 from nst_jax import image as image_io
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 GATYS_VGG = FIXTURES / "gatys" / "vgg19_narrow.pth"
 ADAIN_VGG = FIXTURES / "adain" / "vgg_normalised_narrow.pth"
@@ -281,7 +281,7 @@ CASES = [
          ("output folder is not a folder", "--output")),
     Case("adain-output-not-writable", "adain", (), ("not writable", "--output"), setup="unwritable"),
     Case("adain-too-big-for-memory", "adain", ("--size", "60000"),
-         ("60000x", "GiB", "lower --size", "--max-memory")),
+         ("x60000 px", "GiB", "lower --size", "--max-memory")),
     Case("adain-over-memory-budget", "adain", ("--max-memory", "0.0001"), ("GiB", "--max-memory")),
     # --- scripts/train_decoder.py
     Case("train-unknown-loss-norm", "train", ("--loss-norm", "mes"),
