@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import re
 import sys
 import tomllib
@@ -188,3 +189,29 @@ def test_folder_run_with_interpolation_writes_a_grid(portrait, tmp_path, capsys)
     width, height = _size(out / "grid.png")
     # Two content rows under a header row; a header column and one result column (two styles wide).
     assert height >= 3 * 32 and width >= 27 + 2 * 27
+
+
+def _figures():
+    spec = importlib.util.spec_from_file_location("dialect_figures", ROOT / "scripts" / "figures.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_figures_script_takes_its_defaults_from_the_config():
+    """Issue 16 defect 9: same optimizer default as nst-gatys, no doubled defaults, labels not cut."""
+    figures = _figures()
+    args = figures.build_parser().parse_args([])
+    assert args.optimizer == gatys.GatysConfig().optimizer == "optax-lbfgs"
+    assert args.style_layers == gatys.GatysConfig().style_layers
+    text = figures.build_parser().format_help()
+    assert "(default: None)" not in text and "('" not in text
+    for line in text.splitlines():
+        assert line.count("(default:") <= 1, line
+    label = "histogram-from-style"
+    picture = figures.grid([np.zeros((8, 8, 3), np.float32)] * 2, [label, "x"], "colour control")
+    font = figures._font(14)
+    from PIL import ImageDraw
+    needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(label, font=font)
+    assert picture.width >= needed + 8 + figures._GAP * 3  # the label's column is at least its width
