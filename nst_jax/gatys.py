@@ -1133,7 +1133,7 @@ def _main(argv=None) -> int:
 
     from tqdm import tqdm
 
-    from nst_jax import cli, compile_cache, multiscale, weights as weights_mod
+    from nst_jax import cli, compile_cache, files, multiscale, weights as weights_mod
     from nst_jax import image as imageio
 
     args = _parser().parse_args(argv)
@@ -1222,7 +1222,7 @@ def _main(argv=None) -> int:
                        "style_mask": [str(m) for m in (args.style_mask or [])]},
         }
         # Before the image: a failed metrics write (disk full) then leaves both files as they were.
-        imageio.atomic_write(args.metrics_json, json.dumps(metrics, indent=1))
+        files.atomic_write_text(args.metrics_json, json.dumps(metrics, indent=1))
     imageio.save_image(args.output, result.image, bits=args.bits)
     if result.interrupted:
         print(f"interrupted at iteration {result.iterations} of the {sizes[len(ms.levels) - 1]}-pixel level; "

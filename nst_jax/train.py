@@ -81,9 +81,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -97,7 +95,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nst_jax import adain, data, losses, plot, vgg, weights
+from nst_jax import adain, data, files, losses, plot, vgg, weights
 from nst_jax.errors import (
     ConfigError,
     DeviceCountError,
@@ -517,17 +515,6 @@ def make_source(config: TrainConfig, which: str) -> tuple[Any, int]:
                                 image_key=config.tfds_image_key), 0
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # A metrics record is about 250 bytes; a longer line is not one the trainer wrote.
 _MAX_METRICS_LINE = 1 << 16
 
@@ -715,8 +702,7 @@ def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainS
             dest = workdir / CORRUPT_DIR / str(bad)
             if jax.process_index() == 0:
                 dest.parent.mkdir(exist_ok=True)
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.move(str(workdir / CHECKPOINT_DIR / str(bad)), dest)
+                files.move_aside(workdir / CHECKPOINT_DIR / str(bad), dest)
             warnings.append(f"checkpoint at step {bad} is unreadable ({why}); moved it to {dest} and "
                             f"resumed from step {step}")
         if failed:
@@ -815,7 +801,7 @@ def _write_config(workdir: Path, config: TrainConfig, mesh: Mesh, start_step: in
     record.update(style_weight_used=config.effective_style_weight, num_devices=mesh.size,
                   num_processes=jax.process_count(), jax_version=jax.__version__, resumed_from_step=start_step,
                   skipped_unreadable_files=dict(skipped))
-    _atomic_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    files.atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | None]:
@@ -838,12 +824,12 @@ def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | Non
         while backup.exists():
             n += 1
             backup = path.with_name(f"{path.name}.damaged.{n}")
-        os.replace(path, backup)
+        files.atomic_write_bytes(backup, path.read_bytes())  # the new log is then written over path
         warning = (f"{path} had {bad} damaged line(s) (not UTF-8 JSON records); kept it as {backup} and "
                    f"continued with its {len(records)} readable record(s)")
         logger.warning("%s", warning)
     if path.exists() or bad:
-        _atomic_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        files.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records, warning
 
 
