@@ -43,6 +43,12 @@ does the port (``TrainConfig.adam_b2 = 0.999`` matches both). The learning rate 
 (the report's ReduceLROnPlateau) by default; ``lr_schedule="inverse"`` is the official
 lr / (1 + 5e-5·t), t = number of previous updates.
 
+The model. The decoder is the Flax NNX module :class:`nst_jax.adain.Decoder`; the state splits
+it (``nnx.split``) into its static graph and its parameters, and the parameters (a pure-dict
+``nnx.State``) are the pytree the step differentiates and Adam (optax) updates; the step rebuilds
+the module with ``nnx.merge`` while tracing. Inference (:func:`nst_jax.adain.decode`) runs the same
+module on the same tree.
+
 Parallelism and state. One jitted, pure :func:`train_step` runs on a 1-D ``Mesh`` over all devices
 ("data"): the batch is sharded along it, the decoder and optimizer state are replicated, and XLA
 inserts the gradient all-reduce, so a step on D devices computes the same update as on one. The state
@@ -92,6 +98,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -276,9 +283,12 @@ def adain_targets(encoder_params: Params, content: Array, style: Array) -> tuple
 def output_features(decoder_params: Params, encoder_params: Params, t: Array) -> dict[str, Array]:
     """φ_i(g(t)) at :data:`STYLE_LAYERS` (relu4_1 doubles as f(g(t)) for the content loss).
 
-    The decoder output is not clipped, as in both reference implementations.
+    g is the :class:`nst_jax.adain.Decoder` module rebuilt from its static graph and the params
+    (``nnx.merge``; free at run time, it happens while tracing). Its output is not clipped, as in
+    both reference implementations.
     """
-    return adain.encode(encoder_params, adain.decode(decoder_params, t), STYLE_LAYERS)
+    decoder = adain.Decoder.merge(decoder_params)
+    return adain.encode(encoder_params, decoder(t), STYLE_LAYERS)
 
 
 def loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
@@ -325,7 +335,13 @@ def loss_fn(decoder_params: Params, encoder_params: Params, batch: Mapping[str, 
 
 
 class TrainState(NamedTuple):
-    """Everything a checkpoint holds: steps done, decoder params, optimizer state."""
+    """Everything a checkpoint holds: steps done, decoder params, optimizer state.
+
+    ``params`` is the trainable half of ``nnx.split(adain.Decoder(widths))`` as a pure dict
+    (``{"dec4_1": {"kernel", "bias"}, ...}``); the static half, the graph, follows from the widths
+    (``adain.Decoder.graphdef``). The pure dict is the layout of the checkpoints, of ``decoder.npz``
+    and of :func:`nst_jax.adain.decode`'s params, so all three read the same tree.
+    """
 
     step: Array
     params: Params
@@ -403,8 +419,9 @@ def current_lr(spec: OptimizerSpec, hyper: Hyper, step: Array, opt_state: optax.
 
 
 def init_state(key: Array, widths: tuple[int, int, int, int], spec: OptimizerSpec) -> TrainState:
-    """Fresh state: random decoder (``adain.init_decoder``) and zeroed optimizer state."""
-    params = adain.init_decoder(key, widths)
+    """Fresh state: a new :class:`nst_jax.adain.Decoder` split into graph and params, zeroed optimizer state."""
+    _, state = nnx.split(adain.Decoder(widths, rngs=nnx.Rngs(params=key)), nnx.Param)
+    params = nnx.to_pure_dict(state)
     return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(spec).init(params))
 
 

@@ -40,7 +40,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from nst_jax import _pth, files, vgg
+from nst_jax import _pth, decoder_layers, files, vgg
 from nst_jax._pth import RestrictedUnpickler, read_state_dict
 from nst_jax.errors import (
     ChecksumError,
@@ -51,7 +51,7 @@ from nst_jax.errors import (
 )
 
 __all__ = [
-    "ADAIN_DECODER_INDEX", "ADAIN_DECODER_LAYERS", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
+    "ADAIN_DECODER_INDEX", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
     "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "check_writable", "converted_path", "fetch",
     "hash_prefix_from_url", "load", "load_adain_decoder", "load_adain_vgg", "load_params",
     "load_vgg19", "read_state_dict", "resolve_weights", "save_adain_decoder", "save_params",
@@ -73,11 +73,8 @@ ADAIN_VGG_INDEX: dict[str, int] = {
 }
 ADAIN_VGG_LAST_MODULE = 30
 
-# pytorch-AdaIN ``net.py`` ``decoder``, in forward order (it mirrors the encoder from relu4_1).
-ADAIN_DECODER_LAYERS: tuple[str, ...] = (
-    "dec4_1", "dec3_4", "dec3_3", "dec3_2", "dec3_1", "dec2_2", "dec2_1", "dec1_2", "dec1_1",
-)
-ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(ADAIN_DECODER_LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
+# pytorch-AdaIN ``net.py`` ``decoder`` Sequential index of each conv (names: the decoder's own table).
+ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(decoder_layers.LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
 
 _LEAVES = {"weight": "kernel", "bias": "bias"}  # torch parameter name -> Flax leaf name
 _KIND_KEY = "__kind__"
@@ -143,7 +140,7 @@ _LAYOUTS: dict[str, _Layout] = {
     "adain_decoder": _Layout(
         kind="adain_decoder", what="AdaIN decoder",
         index=ADAIN_DECODER_INDEX,
-        channels=_chain(ADAIN_DECODER_LAYERS, (256, 256, 256, 256, 128, 128, 64, 64, 3), 512),
+        channels=dict(zip(decoder_layers.LAYERS, decoder_layers.layer_channels())),
         kernel={n: 3 for n in ADAIN_DECODER_INDEX}, in_channels=None, out_channels=3,
         flag="--decoder", loader="load_adain_decoder",
         hint="is this AdaIN's decoder.pth? for the encoder use --vgg / load_adain_vgg",
@@ -508,7 +505,7 @@ def load_adain_vgg(path: str | os.PathLike) -> Params:
 
 
 def load_adain_decoder(path: str | os.PathLike) -> Params:
-    """Loads AdaIN's ``decoder.pth`` as :data:`ADAIN_DECODER_LAYERS` params, or an npz.
+    """Loads AdaIN's ``decoder.pth`` as :data:`nst_jax.adain.DECODER_LAYERS` params, or an npz.
 
     See :func:`load` for the return value and errors.
     """
@@ -623,7 +620,7 @@ def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.P
 
 
 def save_adain_decoder(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
-    """Saves AdaIN decoder params (names :data:`ADAIN_DECODER_LAYERS`) as an npz; see :func:`save_params`."""
+    """Saves AdaIN decoder params (names :data:`nst_jax.adain.DECODER_LAYERS`) as an npz; see :func:`save_params`."""
     return save_params(params, path, kind="adain_decoder")
 
 
