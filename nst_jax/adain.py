@@ -7,9 +7,9 @@ maps the result back to an image (report eq. 10, 11).
 
 The core is pure and jittable:
 
-* :func:`decode` is the decoder as a function of a params pytree (``params["dec4_1"]["kernel"]``,
-  HWIO); :func:`init_decoder` makes random params; :class:`Decoder` is the same network as a Flax NNX
-  module, convertible both ways;
+* :class:`Decoder` is the decoder, a Flax NNX module (its only definition); :func:`decode` runs it
+  on a params pytree (``params["dec4_1"]["kernel"]``, HWIO: the module's state as a pure dict);
+  :func:`init_decoder` makes random params with the module's initializers;
 * :func:`encode` runs the encoder;
 * :func:`stylized_features` computes the decoder input with the test-time controls of the official
   code: content-style trade-off ``alpha`` (report eq. 11), style interpolation, spatial control
@@ -27,6 +27,7 @@ this module reads and writes no files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nst_jax import color, losses, vgg, weights
+from nst_jax import color, decoder_layers, losses, vgg
 from nst_jax.errors import (
     ConfigError,
     InputImageError,
@@ -46,16 +47,12 @@ Array = jax.Array
 Params = Mapping[str, Mapping[str, Array]]
 
 # Decoder conv layers in forward order, named after the encoder layer each one mirrors (dec4_1
-# inverts conv4_1, ..., dec1_1 produces RGB). Shared with the weights loader so the names cannot drift.
-DECODER_LAYERS: tuple[str, ...] = weights.ADAIN_DECODER_LAYERS
+# inverts conv4_1, ..., dec1_1 produces RGB); the table lives in decoder_layers, which the weights
+# loader reads too. Decoder.LAYERS is the same tuple.
+DECODER_LAYERS: tuple[str, ...] = decoder_layers.LAYERS
 # Channels at relu4_1 and after decoder blocks 3, 2, 1 (the encoder's widths, mirrored).
-DECODER_WIDTHS: tuple[int, int, int, int] = (512, 256, 128, 64)
-# He et al. (2015) Gaussian init, std sqrt(2 / fan_in), for the ReLU stack. Not the truncated
-# variant (jax.nn.initializers.he_normal), whose inverse-erf sampler takes far longer to compile.
-_KERNEL_INIT = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-# Nearest-neighbour x2 up-sampling follows these layers; it replaces the encoder's max pooling
-# (report Sec. VI-B: "pooling layers replaced by nearest up-sampling to reduce checkerboard effects").
-_UPSAMPLE_AFTER = ("dec4_1", "dec3_1", "dec2_1")
+DECODER_WIDTHS: tuple[int, int, int, int] = decoder_layers.WIDTHS
+_UPSAMPLE_AFTER = decoder_layers.UPSAMPLE_AFTER
 ENCODER_LAYER = "relu4_1"
 # Smallest image side for which relu4_1 still has a 2x2 map (reflection padding needs 2 pixels).
 MIN_IMAGE_SIZE = vgg.min_image_size((ENCODER_LAYER,))
@@ -65,12 +62,6 @@ GRID_CELL = 256  # largest height in pixels of one cell of grid.png
 
 # ----------------------------------------------------------------------------------------------
 # Decoder
-
-
-def _layer_channels(widths: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """(in, out) channels of each layer in DECODER_LAYERS for encoder widths (w4, w3, w2, w1)."""
-    w4, w3, w2, w1 = widths
-    return ((w4, w3), (w3, w3), (w3, w3), (w3, w3), (w3, w2), (w2, w2), (w2, w1), (w1, w1), (w1, 3))
 
 
 def check_decoder_params(params: Params) -> tuple[int, int, int, int]:
@@ -92,7 +83,7 @@ def check_decoder_params(params: Params) -> tuple[int, int, int, int]:
         raise WeightsError(f"decoder params need a 'kernel' and a 'bias' array per layer ({err!r}); "
                            "pass a decoder saved by nst_jax") from None
     widths = (k["dec4_1"][2], k["dec4_1"][3], k["dec3_1"][3], k["dec2_1"][3])
-    for name, (cin, cout) in zip(DECODER_LAYERS, _layer_channels(widths)):
+    for name, (cin, cout) in zip(DECODER_LAYERS, decoder_layers.layer_channels(widths)):
         if k[name] != (3, 3, cin, cout) or b[name] != (cout,):
             raise WeightsError(f"decoder layer {name} has kernel {k[name]} and bias {b[name]}, expected "
                                f"{(3, 3, cin, cout)} and {(cout,)} for widths {widths}; the decoder file "
@@ -100,26 +91,109 @@ def check_decoder_params(params: Params) -> tuple[int, int, int, int]:
     return widths
 
 
+class ReflectConv(nnx.Module):
+    """A conv with reflection padding, its kernel (HWIO) and bias held as ``nnx.Param``.
+
+    Applied by :func:`nst_jax.vgg.conv_layer`, the encoder's custom-VJP convolution, which is what
+    keeps the decoder as fast as the encoder in training.
+
+    Args:
+      kernel: initial (kh, kw, in, out) kernel.
+      bias: initial (out,) bias; zeros if omitted.
+    """
+
+    def __init__(self, kernel: Array, bias: Array | None = None):
+        self.kernel = nnx.Param(jnp.asarray(kernel, jnp.float32))
+        self.bias = nnx.Param(jnp.zeros(kernel.shape[-1:], jnp.float32) if bias is None
+                              else jnp.asarray(bias, jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        # Reflection padding everywhere in g (report Sec. VI-B).
+        return vgg.conv_layer(x, {"kernel": self.kernel[...], "bias": self.bias[...]}, "reflect")
+
+
+class Decoder(nnx.Module):
+    """The decoder g (report Sec. VI-B) as a Flax NNX module: the only definition of the network.
+
+    The mirror of the encoder: 3x3 convs with reflection padding, a ReLU after each but the last,
+    nearest x2 up-sampling where the encoder pools, no normalization layers. Its parameters, as a
+    pure dict (``nnx.to_pure_dict(nnx.state(decoder))``), are the params pytree that
+    :func:`decode`, :mod:`nst_jax.weights` and the training checkpoints use:
+    ``{"dec4_1": {"kernel": (3, 3, in, out), "bias": (out,)}, ...}``.
+
+    Args:
+      widths: channels at relu4_1 and after decoder blocks 3, 2, 1; :data:`DECODER_WIDTHS` for the
+        real network, smaller for tests.
+      rngs: randomness for the He-normal kernels (biases start at zero).
+    """
+
+    LAYERS: tuple[str, ...] = DECODER_LAYERS
+
+    def __init__(self, widths: Sequence[int] = DECODER_WIDTHS, *, rngs: nnx.Rngs):
+        channels = decoder_layers.layer_channels(widths)
+        sizes = [9 * cin * cout for cin, cout in channels]
+        # He et al. (2015) normal init, std sqrt(2 / fan_in), for the ReLU stack (not the truncated
+        # variant, whose sampler is slow to compile). One draw for all kernels: a separate random
+        # call per layer makes initialization take ten times longer to compile (3 s -> 30 s).
+        flat = jax.random.normal(rngs.params(), (sum(sizes),), jnp.float32)
+        pieces = jnp.split(flat, np.cumsum(sizes)[:-1])
+        for name, piece, (cin, cout) in zip(self.LAYERS, pieces, channels):
+            setattr(self, name, ReflectConv(piece.reshape(3, 3, cin, cout) * np.float32(np.sqrt(2.0 / (9 * cin)))))
+
+    def __call__(self, t: Array) -> Array:
+        """relu4_1-like features (N, h, w, C) to an image (N, 8h, 8w, 3), not clipped."""
+        x = t
+        for name in self.LAYERS:
+            x = getattr(self, name)(x)
+            if name != self.LAYERS[-1]:
+                x = jax.nn.relu(x)
+            if name in _UPSAMPLE_AFTER:
+                x = _upsample(x)
+        return x
+
+    @staticmethod
+    def graphdef(widths: Sequence[int] = DECODER_WIDTHS) -> nnx.GraphDef:
+        """The static half of ``nnx.split(Decoder(widths))``, without initializing any array."""
+        return _graphdef(tuple(int(w) for w in widths))
+
+    @classmethod
+    def merge(cls, params: Params) -> Decoder:
+        """The module holding ``params`` as they are (arrays or tracers): ``nnx.merge(graphdef, params)``.
+
+        Raises:
+          WeightsError: the params do not form a decoder (see :func:`check_decoder_params`).
+        """
+        return nnx.merge(cls.graphdef(check_decoder_params(params)), params)
+
+    @classmethod
+    def from_params(cls, params: Params) -> Decoder:
+        """Builds a module holding copies of ``params`` as float32 JAX arrays (checked first)."""
+        check_decoder_params(params)
+        return cls.merge(jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), dict(params)))
+
+    def to_params(self) -> dict[str, dict[str, Array]]:
+        """The params pytree that :func:`decode` takes (the module's state as a pure dict)."""
+        return nnx.to_pure_dict(nnx.state(self, nnx.Param))
+
+
+@functools.lru_cache(maxsize=16)
+def _graphdef(widths: tuple[int, int, int, int]) -> nnx.GraphDef:
+    graphdef, _ = nnx.split(nnx.eval_shape(lambda: Decoder(widths, rngs=nnx.Rngs(0))))
+    return graphdef
+
+
 def init_decoder(key: Array, widths: Sequence[int] = DECODER_WIDTHS) -> dict[str, dict[str, Array]]:
-    """Random decoder params: He-normal kernels (std sqrt(2 / fan_in)) and zero biases.
+    """Random decoder params from :class:`Decoder`'s initializers: He-normal kernels, zero biases.
 
     Args:
       key: PRNG key.
-      widths: channels at relu4_1 and after decoder blocks 3, 2, 1; ``DECODER_WIDTHS`` for the
-        real network, smaller for tests.
+      widths: channels at relu4_1 and after decoder blocks 3, 2, 1.
 
     Returns:
       ``{"dec4_1": {"kernel": (3, 3, in, out), "bias": (out,)}, ...}`` for every name in
       :data:`DECODER_LAYERS`.
     """
-    channels = _layer_channels(widths)
-    sizes = [9 * cin * cout for cin, cout in channels]
-    # One draw for all kernels: every separate random call adds about a second of compile time.
-    flat = jax.random.normal(key, (sum(sizes),), jnp.float32)
-    pieces = jnp.split(flat, np.cumsum(sizes)[:-1])
-    return {name: {"kernel": piece.reshape(3, 3, cin, cout) * np.float32(np.sqrt(2.0 / (9 * cin))),
-                   "bias": jnp.zeros((cout,), jnp.float32)}
-            for name, piece, (cin, cout) in zip(DECODER_LAYERS, pieces, channels)}
+    return Decoder(widths, rngs=nnx.Rngs(params=key)).to_params()
 
 
 def _upsample(x: Array) -> Array:
@@ -129,62 +203,10 @@ def _upsample(x: Array) -> Array:
 def decode(params: Params, t: Array) -> Array:
     """Decoder g: relu4_1-like features (N, h, w, C) to an image (N, 8h, 8w, 3), not clipped.
 
-    The mirror of the encoder (report Sec. VI-B): 3x3 convs with reflection padding, a ReLU after
-    each but the last, nearest x2 up-sampling where the encoder pools, no normalization layers.
-    Channel counts come from ``params``.
+    Runs :class:`Decoder` on ``params`` (``Decoder.merge(params)(t)``); channel counts come from
+    ``params``.
     """
-    x = t
-    for name in DECODER_LAYERS:
-        p = params[name]
-        x = vgg.conv_layer(x, p, "reflect")  # reflection padding everywhere in g (report Sec. VI-B)
-        if name != DECODER_LAYERS[-1]:
-            x = jax.nn.relu(x)
-        if name in _UPSAMPLE_AFTER:
-            x = _upsample(x)
-    return x
-
-
-class Decoder(nnx.Module):
-    """The decoder g as a Flax NNX module; ``decoder(t)`` equals ``decode(decoder.to_params(), t)``.
-
-    Training and inference use the functional :func:`decode`; this class is for code that prefers
-    modules (``nnx.Optimizer``, ``nnx.jit``).
-    """
-
-    def __init__(self, widths: Sequence[int] = DECODER_WIDTHS, *, rngs: nnx.Rngs):
-        for name, (cin, cout) in zip(DECODER_LAYERS, _layer_channels(widths)):
-            # The nnx.Conv holds the parameters; __call__ applies them with reflection padding.
-            setattr(self, name, nnx.Conv(cin, cout, kernel_size=(3, 3), padding="VALID",
-                                         kernel_init=_KERNEL_INIT,
-                                         bias_init=jax.nn.initializers.zeros, rngs=rngs))
-
-    def __call__(self, t: Array) -> Array:
-        x = t
-        for name in DECODER_LAYERS:
-            conv = getattr(self, name)
-            x = vgg.conv_layer(x, {"kernel": conv.kernel[...], "bias": conv.bias[...]}, "reflect")
-            if name != DECODER_LAYERS[-1]:
-                x = jax.nn.relu(x)
-            if name in _UPSAMPLE_AFTER:
-                x = _upsample(x)
-        return x
-
-    @classmethod
-    def from_params(cls, params: Params) -> Decoder:
-        """Builds a module holding ``params`` (checked with :func:`check_decoder_params`)."""
-        widths = check_decoder_params(params)
-        # eval_shape skips the random init that the values below would overwrite.
-        module = nnx.eval_shape(lambda: cls(widths, rngs=nnx.Rngs(0)))
-        for name in DECODER_LAYERS:
-            conv = getattr(module, name)
-            conv.kernel = nnx.Param(jnp.asarray(params[name]["kernel"], jnp.float32))
-            conv.bias = nnx.Param(jnp.asarray(params[name]["bias"], jnp.float32))
-        return module
-
-    def to_params(self) -> dict[str, dict[str, Array]]:
-        """The params pytree that :func:`decode` takes."""
-        return {name: {"kernel": getattr(self, name).kernel[...], "bias": getattr(self, name).bias[...]}
-                for name in DECODER_LAYERS}
+    return Decoder.merge(params)(t)
 
 
 # ----------------------------------------------------------------------------------------------

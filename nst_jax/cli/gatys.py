@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from nst_jax import cli, compile_cache, gatys, guides, memory, multiscale, tiling, vgg
+from nst_jax import cli, compile_cache, files, gatys, guides, memory, multiscale, tiling, vgg
 from nst_jax import image as imageio
 from nst_jax import weights as weights_mod
 from nst_jax.errors import (
@@ -438,7 +438,7 @@ def _main(argv=None) -> int:
     if args.metrics_json:
         metrics = _metrics(args, config, lw, ms, sizes, level_its)
         # Before the image: a failed metrics write (disk full) then leaves both files as they were.
-        imageio.atomic_write(args.metrics_json, json.dumps(metrics, indent=1))
+        files.atomic_write_text(args.metrics_json, json.dumps(metrics, indent=1))
     imageio.save_image(args.output, result.image, bits=args.bits)
     if result.interrupted:
         print(f"interrupted at iteration {result.iterations} of the {sizes[len(ms.levels) - 1]}-pixel level; "

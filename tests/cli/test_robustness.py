@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from nst_jax import adain, data, gatys, multiscale, train, vgg, weights
+from nst_jax import files as files_io
 from nst_jax import image as image_io
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError
 from nst_jax.cli import gatys as gatys_cli
@@ -329,8 +330,7 @@ def _unwritable(monkeypatch, tmp_path) -> None:
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(image_io, "_create_temp", refuse)
-    monkeypatch.setattr(weights, "_create_temp", refuse)
+    monkeypatch.setattr(files_io, "_create_temp", refuse)
 
 
 def _bad_download(monkeypatch, tmp_path) -> None:
