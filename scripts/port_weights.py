@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from nst_jax import cli, weights  # noqa: E402
-from nst_jax.errors import ChecksumError, OutputPathError  # noqa: E402
+from nst_jax.errors import ChecksumError, OutputPathError, WeightsError  # noqa: E402
 
 
 def sha256_of(path: Path) -> str:
@@ -93,9 +93,16 @@ def _run(argv: list[str] | None) -> int:
     return 0
 
 
+def _weights_message(err: WeightsError) -> str:
+    """Here the fix for a file of another network is ``--kind``, not another command's flag."""
+    if err.found is not None and err.found != err.kind:
+        return f"{err}; pass --kind {err.found}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error, with a one-line message)."""
-    return cli.run_main(_run, argv)
+    return cli.run_main(_run, argv, weights_message=_weights_message)
 
 
 if __name__ == "__main__":

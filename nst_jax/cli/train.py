@@ -117,7 +117,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_run, argv)
+    return cli.run_main(_run, argv, weights_message=cli.weights_flags({"adain_vgg": "--vgg"}))
 
 
 def console() -> None:
