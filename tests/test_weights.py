@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import urllib.error
 import zipfile
 
@@ -467,6 +468,7 @@ def test_corrupt_cached_npz_says_how_to_recover(cache):
 def port():
     spec = importlib.util.spec_from_file_location("port_weights", ROOT / "scripts" / "port_weights.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

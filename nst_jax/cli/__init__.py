@@ -17,7 +17,7 @@ therefore exist once, and every command speaks one dialect:
 Field metadata keys: ``help`` (required), ``group``, ``flag``, ``short``, ``choices``, ``metavar``,
 ``min`` (``">0"`` or ``">=0"``: refused at parse time, NaN and infinity too), ``type`` (parser of one
 value), ``required``, ``default_help`` (what the default means when it is None), ``split`` (False: lists are not
-split at commas), ``cli`` (False: not a flag).
+split at commas), ``cli`` (False: not a flag), ``positional`` (True: a required argument named by its metavar).
 """
 
 from __future__ import annotations
@@ -287,6 +287,11 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, groups: dict[str, 
         default = field.default
         help_text = meta["help"]
         kind, is_list = _field_kind(hints[field.name])
+        if meta.get("positional"):
+            target.add_argument(field.name, type=_value_parser(field, kind, meta.get("metavar", field.name)),
+                                metavar=meta.get("metavar"), help=help_text.replace("%", "%%"))
+            added.append(field.name)
+            continue
         if kind is bool:
             if default is not False:
                 raise TypeError(f"{cls.__name__}.{field.name}: a command-line flag must default to False")

@@ -35,6 +35,19 @@ COMMANDS = {
 }
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"dialect_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+# Every parser from the generator: the console scripts and the scripts with a command line.
+LAYOUTS = {**{prog: (build, has_output) for prog, (build, _, has_output) in COMMANDS.items()},
+           "port_weights.py": (lambda: _script("port_weights").build_parser(), True)}
+
+
 def _size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         return im.size
@@ -44,9 +57,9 @@ def _help(build) -> str:
     return build().format_help()
 
 
-@pytest.mark.parametrize("prog", sorted(COMMANDS))
+@pytest.mark.parametrize("prog", sorted(LAYOUTS))
 def test_help_follows_one_layout(prog):
-    build, _, has_output = COMMANDS[prog]
+    build, has_output = LAYOUTS[prog]
     text = _help(build)
     assert text.startswith(f"usage: {prog} ")
     assert "Lists take spaces or commas alike" in text
@@ -123,9 +136,10 @@ def test_console_scripts_resolve_and_show_help(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("prog, argv", [("nst-gatys", ["--sizes", "0"]), ("nst-adain", ["--alpha", "x"]),
-                                        ("nst-train", ["--steps", "x"])])
+                                        ("nst-train", ["--steps", "x"]), ("port_weights.py", ["--kind", "vgg"])])
 def test_same_exit_code_for_a_usage_error(prog, argv, capsys):
-    main = {"nst-gatys": gatys_cli.main, "nst-adain": adain_cli.main, "nst-train": train_cli.main}[prog]
+    main = {"nst-gatys": gatys_cli.main, "nst-adain": adain_cli.main, "nst-train": train_cli.main,
+            "port_weights.py": lambda a: _script("port_weights").main(a)}[prog]
     assert main(argv) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.rstrip().endswith(f"see {prog} --help") and err.count("\n") == 1

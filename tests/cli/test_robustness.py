@@ -65,6 +65,7 @@ PREVIOUS = b"an output from an earlier run"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"robustness_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
