@@ -72,7 +72,7 @@ class _ProgressBar:
         self.bar: tqdm | None = None
         self.enabled = enabled
 
-    def __call__(self, progress: train.Progress) -> None:
+    def __call__(self, progress: train.TrainProgress) -> None:
         if self.bar is None:
             self.bar = tqdm(total=progress.total, initial=progress.start_step, unit="step",
                             dynamic_ncols=True, file=sys.stderr, disable=not self.enabled)
