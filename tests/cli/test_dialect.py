@@ -206,11 +206,7 @@ def test_folder_run_with_interpolation_writes_a_grid(portrait, tmp_path, capsys)
 
 
 def _figures():
-    spec = importlib.util.spec_from_file_location("dialect_figures", ROOT / "scripts" / "figures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return _script("figures")
 
 
 def test_figures_script_takes_its_defaults_from_the_config():
