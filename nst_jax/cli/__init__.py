@@ -298,20 +298,21 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, groups: dict[str, 
             target.add_argument(*names, dest=field.name, action="store_true", help=help_text)
             added.append(field.name)
             continue
-        shown = meta.get("default_help") if default is None else show_default(default)
-        if shown:
-            help_text = f"{help_text} (default: {shown})"
-        help_text = help_text.replace("%", "%%")
         choices = meta.get("choices")
         metavar = meta.get("metavar")
         if metavar is None and choices is not None:
             metavar = "{" + ",".join(map(str, choices)) + "}"
+        if is_list and choices is not None and "metavar" not in meta:
+            # A list's metavar is one NAME, so the valid names go into the help, before the default.
+            metavar = "NAME"
+            help_text = f"{help_text}; from {','.join(map(str, choices))}"
+        shown = meta.get("default_help") if default is None else show_default(default)
+        if shown:
+            help_text = f"{help_text} (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         parse = _value_parser(field, kind, flag)
         if is_list:
             split = meta.get("split", True)
-            if choices is not None and "metavar" not in meta:
-                metavar = "NAME"
-                help_text = f"{help_text}; from {','.join(map(str, choices))}"
             target.add_argument(*names, dest=field.name, default=default, nargs="+", action=_ListAction,
                                 item=parse, split=split, choices=choices, help=help_text,
                                 metavar=metavar or _LIST_METAVARS.get(kind, "VALUE") if split else metavar or "PATH")

@@ -45,7 +45,8 @@ def _script(name: str):
 
 # Every parser from the generator: the console scripts and the scripts with a command line.
 LAYOUTS = {**{prog: (build, has_output) for prog, (build, _, has_output) in COMMANDS.items()},
-           "port_weights.py": (lambda: _script("port_weights").build_parser(), True)}
+           "port_weights.py": (lambda: _script("port_weights").build_parser(), True),
+           "figures.py": (lambda: _script("figures").build_parser(), False)}
 
 
 def _size(path: Path) -> tuple[int, int]:
@@ -71,6 +72,19 @@ def test_help_follows_one_layout(prog):
         assert line.count("(default:") <= 1, line
     if has_output:
         assert re.search(r"^\s+-o PATH, --output PATH\s", text, re.M), text
+
+
+@pytest.mark.parametrize("prog", sorted(LAYOUTS))
+def test_list_choices_come_before_the_default(prog):
+    """"which figures; from a,b,c (default: a,b,c)": the valid names, then the default, then nothing."""
+    lists = [a for a in _list_actions(LAYOUTS[prog][0]()) if a.valid is not None and a.metavar == "NAME"]
+    for action in lists:
+        names = ",".join(map(str, action.valid))
+        assert f"; from {names}" in action.help, action.help
+        if "(default:" in action.help:
+            assert action.help.endswith(")") and action.help.index("; from ") < action.help.index("(default:")
+    if prog == "figures.py":
+        assert lists  # --figures: the case this guards
 
 
 def test_gatys_defaults_come_from_the_library():
