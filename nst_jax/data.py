@@ -212,25 +212,30 @@ class TfdsImageSource:
             raise ConfigError(f"TFDS source {spec!r} needs tensorflow-datasets; "
                               "install it with pip install 'nst_jax[tfds]'") from err
         name, split = parse_tfds_name(spec)
+        folder = data_dir or "DIR"
+        prepare = (f"prepare it once with `tfds build {name} --data_dir {folder} --file_format=array_record` "
+                   f"(or tfds.data_source({name!r}, data_dir={folder!r}, download=True)), then pass "
+                   f"--tfds-data-dir {folder}")
         try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+            # download=False: reading never downloads or builds a dataset (tens of GB for COCO).
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
             features = self._source.dataset_info.features
             if image_key in features.keys() and isinstance(features[image_key], tfds.features.Image):
                 # The encoded bytes, decoded here with the allow-list: TFDS's own decoder opens
                 # them with Pillow's full set of formats (Ghostscript included).
-                self._source = tfds.data_source(name, split=split, data_dir=data_dir,
+                self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                                 decoders={image_key: tfds.decode.SkipDecoding()})
-        except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, AssertionError,
-                ValueError) as err:
+        except (tfds.core.registered.DatasetNotFoundError, ValueError) as err:  # unknown name or split
             where = f" in {data_dir}" if data_dir else ""
             why = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"cannot open TFDS dataset {spec!r}{where} ({why}); "
-                              "prepare it in array_record format or fix --tfds-data-dir") from err
-        except ImportError as err:
-            # Builders whose prepared files are not array_record fall back to TensorFlow to read them.
-            raise ConfigError(f"TFDS dataset {spec!r} needs {err.name or 'TensorFlow'}, which is not installed; "
-                              "prepare it in array_record format (tfds build --file_format=array_record) "
-                              "so no TensorFlow is needed") from err
+            raise ConfigError(f"cannot open TFDS dataset {spec!r}{where} ({why}); check the name, or "
+                              f"{prepare}") from err
+        except (FileNotFoundError, AssertionError, NotImplementedError, ImportError) as err:
+            # Without prepared files TFDS constructs the dataset's builder code, which for most
+            # datasets (COCO included) imports TensorFlow, or finds no array_record files
+            # (NotImplementedError): what is missing is the data, not a reader.
+            where = f"in {data_dir}" if data_dir else "in the default TFDS folder"
+            raise ConfigError(f"TFDS dataset {name!r} is not prepared (as array_record) {where}; {prepare}") from err
         features = list(self._source.dataset_info.features.keys())
         if image_key not in features:
             raise ConfigError(f"TFDS dataset {spec!r} has no feature {image_key!r}; pass --tfds-image-key "

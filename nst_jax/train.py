@@ -291,8 +291,8 @@ def output_features(decoder_params: Params, encoder_params: Params, t: Array) ->
     return adain.encode(encoder_params, decoder(t), STYLE_LAYERS)
 
 
-def loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
-               loss_norm: str) -> tuple[Array, Array]:
+def adain_loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
+                     loss_norm: str) -> tuple[Array, Array]:
     """(Lc, Ls) of report eq. 13-14 from the output's features, the target t and the style's features."""
     lc = content_term(out_feats[CONTENT_LAYER], t, loss_norm)
     ls = jnp.zeros((), jnp.float32)
@@ -312,7 +312,7 @@ def adain_losses(decoder_params: Params, encoder_params: Params, content: Array,
     t = AdaIN(f(c), f(s)) is both the decoder input and the content target, as in the paper.
     """
     t, style_feats = adain_targets(encoder_params, content, style)
-    return loss_terms(output_features(decoder_params, encoder_params, t), t, style_feats, loss_norm)
+    return adain_loss_terms(output_features(decoder_params, encoder_params, t), t, style_feats, loss_norm)
 
 
 def to_float_images(batch: Array) -> Array:
@@ -770,8 +770,9 @@ def export_decoder(workdir: str | os.PathLike, out: str | os.PathLike, *, step: 
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
-    """What :func:`train` reports to its callback after each step."""
+class TrainProgress:
+    """What :func:`train` reports to its callback after each step (optimization runs report a
+    :class:`nst_jax.driver.Progress` per chunk instead)."""
 
     step: int
     start_step: int
@@ -851,7 +852,7 @@ def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | Non
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Params | None = None,
-          callback: Callable[[Progress], None] | None = None,
+          callback: Callable[[TrainProgress], None] | None = None,
           stop: threading.Event | None = None, devices=None) -> TrainResult:
     """Trains (or resumes training) the AdaIN decoder; the Flax-example ``train(config, workdir)``.
 
@@ -860,7 +861,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
       workdir: folder for config, metrics, plot, checkpoints and the exported decoder; created if
         missing. If it holds checkpoints, training resumes from the latest readable one.
       encoder_params: the encoder; default: ``weights.resolve_weights("adain_vgg", config.vgg)``.
-      callback: called with a :class:`Progress` after every step (the CLI drives tqdm with it).
+      callback: called with a :class:`TrainProgress` after every step (the CLI drives tqdm with it).
       stop: when set (e.g. by a SIGINT handler), training saves a checkpoint at the current step
         and returns with ``interrupted=True``.
       devices: devices to train on (default: all); the batch is split over them.
@@ -953,7 +954,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
                     _save(manager, step, state, force=stop_now or step == config.steps)
                     latest_ckpt = manager.latest_step()
                 if callback is not None:
-                    callback(Progress(step, start_step, config.steps, record))
+                    callback(TrainProgress(step, start_step, config.steps, record))
                 if stop_now:
                     interrupted = True
                     break
@@ -1030,8 +1031,8 @@ def _initialize_distributed() -> None:
 
 __all__ = [
     "CONTENT_LAYER", "DEFAULT_STYLE_WEIGHTS", "LOSS_NORMS", "LR_SCHEDULES", "STYLE_LAYERS",
-    "Hyper", "OptimizerSpec", "Progress", "TrainConfig", "TrainResult", "TrainState", "adain_losses",
-    "adain_targets", "loss_terms", "output_features",
+    "Hyper", "OptimizerSpec", "TrainConfig", "TrainProgress", "TrainResult", "TrainState", "adain_losses",
+    "adain_targets", "adain_loss_terms", "output_features",
     "check_batch_split", "check_config", "compiled_train_step", "content_term", "create_state",
     "current_lr", "encoder_widths", "export_decoder", "flag_name", "init_state", "loss_fn",
     "make_mesh", "make_optimizer", "make_source", "plot_metrics", "read_metrics", "replicate", "restore_latest",

@@ -172,7 +172,7 @@ def _main(argv=None) -> int:
 
 def main(argv=None) -> int:
     """Runs the script; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_main, argv)
+    return cli.run_main(_main, argv, weights_message=cli.weights_flags({"vgg19": "--weights"}))
 
 
 if __name__ == "__main__":

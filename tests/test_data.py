@@ -220,6 +220,36 @@ def test_tfds_array_record_source(tmp_path):
         data.TfdsImageSource(builder.name, 36, 32, data_dir=str(tmp_path), image_key="picture")
 
 
+def test_tfds_dataset_not_prepared_names_it_and_how_to_prepare_it(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS sources need the tfds extra")
+    built = []
+
+    class NstUnpreparedImages(tfds.core.GeneratorBasedBuilder):
+        """Registered but never prepared: reading it must not build (download) it."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Image(shape=(None, None, 3))
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"image": image}))
+
+        def _split_generators(self, dl_manager):
+            built.append(True)
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield 0, {"image": np.zeros((8, 8, 3), np.uint8)}
+
+    # A registered dataset (COCO's builder imports TensorFlow instead: the other path to the message).
+    for name in ("nst_unprepared_images", "coco/2017"):
+        with pytest.raises(ConfigError) as err:
+            data.TfdsImageSource(f"{name}:train", 36, 32, data_dir=str(tmp_path))
+        message = str(err.value)
+        assert f"TFDS dataset {name!r} is not prepared" in message and "TensorFlow" not in message
+        assert f"tfds build {name} --data_dir {tmp_path}" in message and "download=True" in message
+    assert built == [] and list(tmp_path.iterdir()) == []  # nothing was downloaded or built
+
+
 # A minimal EPS: Pillow recognises it by content, whatever the file is called, and decoding it
 # would run Ghostscript.
 _EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 40 40\n%%EndComments\nnewpath 0 0 moveto showpage\n%%EOF\n"

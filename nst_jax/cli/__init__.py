@@ -17,7 +17,7 @@ therefore exist once, and every command speaks one dialect:
 Field metadata keys: ``help`` (required), ``group``, ``flag``, ``short``, ``choices``, ``metavar``,
 ``min`` (``">0"`` or ``">=0"``: refused at parse time, NaN and infinity too), ``type`` (parser of one
 value), ``required``, ``default_help`` (what the default means when it is None), ``split`` (False: lists are not
-split at commas), ``cli`` (False: not a flag).
+split at commas), ``cli`` (False: not a flag), ``positional`` (True: a required argument named by its metavar).
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from nst_jax.errors import ConfigError, NSTError, OutputPathError, did_you_mean
+from nst_jax.errors import ConfigError, NSTError, OutputPathError, WeightsError, did_you_mean
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -80,18 +80,42 @@ def comma_list(kind: Callable[[str], object], flag: str) -> Callable[[str], tupl
     return parse
 
 
+def weights_flags(flags: Mapping[str, str]) -> Callable[[WeightsError], str]:
+    """Rephrases a WeightsError for a command whose ``flags`` take weights files (kind -> flag).
+
+    The library's message names no flag; this adds the command's: the flag that gave the file
+    (``--vgg: decoder.pth does not match ...``), the flag that takes the network the file holds
+    (``; pass it with --decoder``), or the flag to pass a file instead of downloading
+    (``(--weights PATH)``).
+    """
+
+    def message(err: WeightsError) -> str:
+        text = str(err)
+        flag = flags.get(err.kind)
+        if flag is not None:
+            text = f"{flag}: {text}" if err.path is not None else f"{text} ({flag} PATH)"
+        if err.found is not None and err.found != err.kind and err.found in flags:
+            text = f"{text}; pass it with {flags[err.found]}"
+        return text
+
+    return message
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
-             interrupted: Callable[[], str] | None = None) -> int:
+             interrupted: Callable[[], str] | None = None,
+             weights_message: Callable[[WeightsError], str] | None = None) -> int:
     """Calls ``main(argv)``, mapping user errors to ``error: ...`` on stderr and exit code 2.
 
     Ctrl-C prints ``interrupted`` (or the message ``interrupted()`` returns) and gives 130.
+    ``weights_message`` words weights errors in the command's terms (see :func:`weights_flags`).
     """
     try:
         return main(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2); keep main() returning
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     except NSTError as err:
-        print(f"error: {err}", file=sys.stderr)
+        text = weights_message(err) if weights_message and isinstance(err, WeightsError) else str(err)
+        print(f"error: {text}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print(interrupted() if interrupted is not None else "interrupted", file=sys.stderr)
@@ -263,26 +287,32 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, groups: dict[str, 
         default = field.default
         help_text = meta["help"]
         kind, is_list = _field_kind(hints[field.name])
+        if meta.get("positional"):
+            target.add_argument(field.name, type=_value_parser(field, kind, meta.get("metavar", field.name)),
+                                metavar=meta.get("metavar"), help=help_text.replace("%", "%%"))
+            added.append(field.name)
+            continue
         if kind is bool:
             if default is not False:
                 raise TypeError(f"{cls.__name__}.{field.name}: a command-line flag must default to False")
             target.add_argument(*names, dest=field.name, action="store_true", help=help_text)
             added.append(field.name)
             continue
-        shown = meta.get("default_help") if default is None else show_default(default)
-        if shown:
-            help_text = f"{help_text} (default: {shown})"
-        help_text = help_text.replace("%", "%%")
         choices = meta.get("choices")
         metavar = meta.get("metavar")
         if metavar is None and choices is not None:
             metavar = "{" + ",".join(map(str, choices)) + "}"
+        if is_list and choices is not None and "metavar" not in meta:
+            # A list's metavar is one NAME, so the valid names go into the help, before the default.
+            metavar = "NAME"
+            help_text = f"{help_text}; from {','.join(map(str, choices))}"
+        shown = meta.get("default_help") if default is None else show_default(default)
+        if shown:
+            help_text = f"{help_text} (default: {shown})"
+        help_text = help_text.replace("%", "%%")
         parse = _value_parser(field, kind, flag)
         if is_list:
             split = meta.get("split", True)
-            if choices is not None and "metavar" not in meta:
-                metavar = "NAME"
-                help_text = f"{help_text}; from {','.join(map(str, choices))}"
             target.add_argument(*names, dest=field.name, default=default, nargs="+", action=_ListAction,
                                 item=parse, split=split, choices=choices, help=help_text,
                                 metavar=metavar or _LIST_METAVARS.get(kind, "VALUE") if split else metavar or "PATH")
@@ -318,6 +348,6 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
     return cls(**{**values, **overrides})
 
 
-__all__ = ["ArgumentParser", "comma_list", "run_main", "positive", "same_file", "refuse_overwriting_inputs",
+__all__ = ["ArgumentParser", "comma_list", "run_main", "weights_flags", "positive", "same_file", "refuse_overwriting_inputs",
            "ConfigError", "option", "add_fields", "build_parser", "from_args", "show_default", "flag_name",
            "EXIT_USER_ERROR", "EXIT_INTERRUPTED"]

@@ -419,7 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     done: list[pathlib.Path] = []
     return cli.run_main(lambda a: _main(a, done), argv,
-                        interrupted=lambda: f"interrupted: {len(done)} image(s) were written and kept")
+                        interrupted=lambda: f"interrupted: {len(done)} image(s) were written and kept",
+                        weights_message=cli.weights_flags({"adain_vgg": "--vgg", "adain_decoder": "--decoder"}))
 
 
 def console() -> None:

@@ -451,7 +451,7 @@ def _main(argv=None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``nst-gatys``; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_main, argv)
+    return cli.run_main(_main, argv, weights_message=cli.weights_flags({"vgg19": "--weights"}))
 
 
 def console() -> None:

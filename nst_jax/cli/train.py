@@ -72,7 +72,7 @@ class _ProgressBar:
         self.bar: tqdm | None = None
         self.enabled = enabled
 
-    def __call__(self, progress: train.Progress) -> None:
+    def __call__(self, progress: train.TrainProgress) -> None:
         if self.bar is None:
             self.bar = tqdm(total=progress.total, initial=progress.start_step, unit="step",
                             dynamic_ncols=True, file=sys.stderr, disable=not self.enabled)
@@ -117,7 +117,7 @@ def _run(argv: Sequence[str] | None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_run, argv)
+    return cli.run_main(_run, argv, weights_message=cli.weights_flags({"adain_vgg": "--vgg"}))
 
 
 def console() -> None:

@@ -177,11 +177,11 @@ def test_missing_default_weights_name_the_flag(capsys, files, monkeypatch):
         if path is not None:
             return weights.load(path, "adain_vgg" if name == "adain_vgg" else "adain_decoder")
         raise DownloadError(f"cannot download {name} from https://example.invalid/x.pth into the cache; "
-                            "pass --decoder PATH")
+                            "pass the file's path", kind=name)
 
     monkeypatch.setattr(weights, "resolve_weights", unavailable)
     expect_error(capsys, "--content", files["contents"][0], "--style", files["styles"][0], "--vgg", VGG,
-                 "--output", files["out"], match="pass --decoder PATH")
+                 "--output", files["out"], match="pass the file's path (--decoder PATH)")
 
 
 def test_ctrl_c_keeps_finished_outputs(capsys, files, monkeypatch):

@@ -35,6 +35,20 @@ COMMANDS = {
 }
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"dialect_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+# Every parser from the generator: the console scripts and the scripts with a command line.
+LAYOUTS = {**{prog: (build, has_output) for prog, (build, _, has_output) in COMMANDS.items()},
+           "port_weights.py": (lambda: _script("port_weights").build_parser(), True),
+           "figures.py": (lambda: _script("figures").build_parser(), False)}
+
+
 def _size(path: Path) -> tuple[int, int]:
     with Image.open(path) as im:
         return im.size
@@ -44,9 +58,9 @@ def _help(build) -> str:
     return build().format_help()
 
 
-@pytest.mark.parametrize("prog", sorted(COMMANDS))
+@pytest.mark.parametrize("prog", sorted(LAYOUTS))
 def test_help_follows_one_layout(prog):
-    build, _, has_output = COMMANDS[prog]
+    build, has_output = LAYOUTS[prog]
     text = _help(build)
     assert text.startswith(f"usage: {prog} ")
     assert "Lists take spaces or commas alike" in text
@@ -58,6 +72,19 @@ def test_help_follows_one_layout(prog):
         assert line.count("(default:") <= 1, line
     if has_output:
         assert re.search(r"^\s+-o PATH, --output PATH\s", text, re.M), text
+
+
+@pytest.mark.parametrize("prog", sorted(LAYOUTS))
+def test_list_choices_come_before_the_default(prog):
+    """"which figures; from a,b,c (default: a,b,c)": the valid names, then the default, then nothing."""
+    lists = [a for a in _list_actions(LAYOUTS[prog][0]()) if a.valid is not None and a.metavar == "NAME"]
+    for action in lists:
+        names = ",".join(map(str, action.valid))
+        assert f"; from {names}" in action.help, action.help
+        if "(default:" in action.help:
+            assert action.help.endswith(")") and action.help.index("; from ") < action.help.index("(default:")
+    if prog == "figures.py":
+        assert lists  # --figures: the case this guards
 
 
 def test_gatys_defaults_come_from_the_library():
@@ -123,9 +150,10 @@ def test_console_scripts_resolve_and_show_help(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("prog, argv", [("nst-gatys", ["--sizes", "0"]), ("nst-adain", ["--alpha", "x"]),
-                                        ("nst-train", ["--steps", "x"])])
+                                        ("nst-train", ["--steps", "x"]), ("port_weights.py", ["--kind", "vgg"])])
 def test_same_exit_code_for_a_usage_error(prog, argv, capsys):
-    main = {"nst-gatys": gatys_cli.main, "nst-adain": adain_cli.main, "nst-train": train_cli.main}[prog]
+    main = {"nst-gatys": gatys_cli.main, "nst-adain": adain_cli.main, "nst-train": train_cli.main,
+            "port_weights.py": lambda a: _script("port_weights").main(a)}[prog]
     assert main(argv) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.rstrip().endswith(f"see {prog} --help") and err.count("\n") == 1
@@ -192,11 +220,7 @@ def test_folder_run_with_interpolation_writes_a_grid(portrait, tmp_path, capsys)
 
 
 def _figures():
-    spec = importlib.util.spec_from_file_location("dialect_figures", ROOT / "scripts" / "figures.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return _script("figures")
 
 
 def test_figures_script_takes_its_defaults_from_the_config():
