@@ -1,0 +1,5 @@
+import sys
+
+from nst_jax.app.main import main
+
+sys.exit(main())
