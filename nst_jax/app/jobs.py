@@ -166,6 +166,8 @@ def gatys_command(settings: GatysSettings, content: Input, style: Input, weights
         parts += ["--color", settings.color]
     if settings.optimizer != d.optimizer:
         parts += ["--optimizer", settings.optimizer]
+    if settings.update_every != 10:  # the CLI's default chunk: same compiled program, same iterates
+        parts += ["--chunk", str(settings.update_every)]
     if weights.vgg19:
         parts += ["--weights", _arg(weights.vgg19)]
     if bits != 8:
@@ -339,7 +341,10 @@ class Engine:
             run.feed.set_status("stopped", f"stopped at iteration {run.feed.iteration}")
             return
         except NSTError as err:
-            run.feed.set_status("error", str(err))
+            if run.cancel.is_set():  # its session ended meanwhile (its files are gone)
+                run.feed.set_status("stopped", "stopped: the session ended")
+            else:
+                run.feed.set_status("error", str(err))
             return
         run.feed.publish(run.feed.iteration, image, {})
         run.feed.set_status("done", f"done: {run.feed.iteration} iterations")
@@ -438,8 +443,10 @@ def gatys_run(engine: Engine, run: Run) -> np.ndarray:
         def on_chunk(progress, get_image):
             raw = get_image()
             terms = jax.device_get(terms_fn(jnp.asarray(raw)[None], params, targets, weights, config=config))
+            # The curve is that of the image shown (clipped to [0, 1]); weighted, so the terms
+            # add up to the total.
             latest.update(content=float(terms["content"]) * float(weights.content),
-                          style=float(terms["style"]) * float(weights.style), total=progress.loss)
+                          style=float(terms["style"]) * float(weights.style), total=float(terms["total"]))
             callback(progress, lambda: raw)  # multiscale restores the colour, then calls publish
             engine.serve_calls()
             if run.cancel.is_set():
