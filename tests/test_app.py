@@ -216,7 +216,8 @@ def test_gatys_run_streams_terms_and_matches_the_cli(client, images, tmp_path, m
     assert argv[0] == "nst-gatys" and "--chunk" in argv
     monkeypatch.chdir(images[0].parent)
     out = tmp_path / "cli.png"
-    assert gatys.main(argv[1:-2] + ["--bits", "16", "-o", str(out), "--no-progress"]) == 0
+    assert argv[-2] == "--output"
+    assert gatys.main(argv[1:-2] + ["--bits", "16", "--output", str(out), "--no-progress"]) == 0
     expected = _png(out.read_bytes())
     # Same program and inputs; allow float32 reduction-order noise amplified over 12 L-BFGS steps.
     assert downloaded.shape == expected.shape == (32, 45, 3)

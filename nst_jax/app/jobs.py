@@ -144,7 +144,7 @@ def adain_command(settings: AdainSettings, content: Input, styles: list[Input], 
         parts += ["--vgg", _arg(weights.adain_vgg)]
     if weights.adain_decoder:
         parts += ["--decoder", _arg(weights.adain_decoder)]
-    parts += ["-o", _arg(output)]
+    parts += ["--output", _arg(output)]
     return " ".join(parts)
 
 
@@ -172,7 +172,7 @@ def gatys_command(settings: GatysSettings, content: Input, style: Input, weights
         parts += ["--weights", _arg(weights.vgg19)]
     if bits != 8:
         parts += ["--bits", str(bits)]
-    parts += ["-o", _arg(output)]
+    parts += ["--output", _arg(output)]
     return " ".join(parts)
 
 

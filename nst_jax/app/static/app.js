@@ -196,7 +196,7 @@ function setupApp() {
         $(id).href = `/api/download/${r.run}?bits=${bits}`; $(id).hidden = true;
       }
       source = watchFeed(`/api/runs/${r.run}/events`, `/api/runs/${r.run}/frame`, (s) => {
-        if (s.run === undefined && current === r.run) {
+        if (current === r.run) {
           $("g-stop").disabled = true;
           if (s.frame > 0) { $("g-download").hidden = false; $("g-download16").hidden = false; }
         }
