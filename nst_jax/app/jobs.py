@@ -431,6 +431,13 @@ def gatys_run(engine: Engine, run: Run) -> np.ndarray:
     deepest = max(config.layers, key=vgg.LAYERS.index)
     for what, hw in (("content image", out_hw), ("style image", style_hw)):
         imageio.check_min_size(np.empty(hw + (0,)), vgg.min_image_size(config.layers), what, deepest, "size")
+    from nst_jax import memory
+    from nst_jax.errors import MemoryBudgetError
+
+    need, budget = memory.gatys_bytes(*out_hw, params, config), memory.available_bytes()
+    if need > budget:  # the CLI's check, so a run that cannot fit says so instead of failing late
+        raise MemoryBudgetError(f"a {out_hw[1]}x{out_hw[0]} image needs about {need / 2**30:.1f} GiB but "
+                                f"{budget / 2**30:.1f} GiB are available; lower the size")
     _, _, terms_fn, targets_fn = _jitted()
 
     latest: dict[str, float] = {}
