@@ -196,7 +196,7 @@ def test_adain_slider_reuses_the_encoder(client, images):
 
 def test_gatys_run_streams_terms_and_matches_the_cli(client, images, tmp_path, monkeypatch):
     """Live updates carry the image and the content/style terms; the download equals the CLI's output."""
-    from nst_jax import gatys
+    from nst_jax.cli import gatys
 
     for slot, path in zip(("content", "style"), images):
         client.request(f"/api/upload/{slot}", path.read_bytes(), "POST", {"X-Filename": path.name})
@@ -271,13 +271,18 @@ def test_settings_choices_are_the_librarys():
 
 
 def test_app_command_line_errors(capsys):
-    from nst_jax.app import main, server
+    from nst_jax.app import server
+    from nst_jax.cli import app as app_cli
 
     sock = server.bind("127.0.0.1", 0)
     try:
-        assert main.main(["--port", str(sock.getsockname()[1]), "--no-browser"]) == 2
+        port = str(sock.getsockname()[1])
+        assert app_cli.main(["--port", port, "--no-browser"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
+        assert app_cli.main(["--host", "0.0.0.0", "--port", port, "--no-browser"]) == 2
+        assert capsys.readouterr().err.startswith("warning: --host 0.0.0.0 makes the page reachable")
     finally:
         sock.close()
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot listen on 127.0.0.1:") and err.count("\n") == 1
-    assert main.main(["--port", "70000"]) == 2
+    assert app_cli.main(["--port", "70000"]) == 2
+    assert app_cli.main(["--port", "-1"]) == 2

@@ -87,7 +87,7 @@ def _load_png(path: pathlib.Path) -> np.ndarray:
 
 
 def test_adain_upload_slider_download_matches_cli(page, images, tmp_path, monkeypatch):
-    from nst_jax import adain
+    from nst_jax.cli import adain
 
     _upload(page, *images)
     page.fill("#adain-size", "32")

@@ -1,5 +1,3 @@
-import sys
+from nst_jax.cli.app import console
 
-from nst_jax.app.main import main
-
-sys.exit(main())
+console()

@@ -71,7 +71,7 @@ def _known(data: Any, keys: tuple[str, ...]) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class AdainSettings:
-    size: int = 512  # content short side, as nst-adain --size
+    size: int = 512  # output height, as nst-adain --size
     alpha: float = 1.0
     preserve_color: bool = False
     mix: float = 0.0  # weight of the second style (style interpolation); 0 without one
@@ -355,10 +355,11 @@ def load_input(inp: Input, what: str, min_size: tuple[int, int] | None = None) -
 
 
 def adain_inputs(inp_content: Input, styles: list[Input], size: int) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Content at ``size`` (short side) and styles resized to it, as ``nst-adain`` samples them."""
+    """Content at height ``size`` and styles resized to it, as ``nst-adain`` samples them."""
     from nst_jax import adain
 
-    content = imageio.resize(load_input(inp_content, "content image"), short_side=size)
+    hw = imageio.size_for_height(inp_content.height, inp_content.width, size)
+    content = imageio.resize(load_input(inp_content, "content image", hw), height=size)
     imageio.check_min_size(content, adain.MIN_IMAGE_SIZE, "content image", adain.ENCODER_LAYER, "size")
     h, w = content.shape[:2]
     out = []
