@@ -84,7 +84,6 @@ def _raw_upload(client, slot: str, declared: int | None = None, chunks=()) -> tu
 
 def test_cached_encoder_path_matches_stylize():
     """encode once + transfer + render (the app's slider path) equals adain.stylize."""
-    import jax
     import jax.numpy as jnp
 
     from nst_jax import adain, weights
@@ -95,13 +94,14 @@ def test_cached_encoder_path_matches_stylize():
     rng = np.random.default_rng(0)
     content = jnp.asarray(rng.uniform(size=(1, 24, 32, 3)), jnp.float32)
     styles = [jnp.asarray(rng.uniform(size=(1, 24, 32, 3)), jnp.float32) for _ in range(2)]
-    encode = jax.jit(adain.encode_inputs, static_argnames=("preserve_color",))
-    cached = jax.jit(lambda enc, alpha, wts: adain.render(
-        dec, adain.transfer_features(enc, alpha, interpolation_weights=wts), 24, 32))
+    from nst_jax.app import jobs
+
+    encode, render, _, _ = jobs._jitted()  # the app's compiled functions
     # Style interpolation with colour preservation: every step of stylized_features is on the path
     # (the plain mode is compared with nst-adain's output in the browser test).
     wts = jnp.asarray([0.25, 0.75])
-    got = cached(encode(vgg_params, content, styles, preserve_color=True), 0.8, wts)
+    got = render(dec, encode(vgg_params, content, styles, preserve_color=True), jnp.float32(0.8), wts,
+                 height=24, width=32)
     want = adain.stylize_jit(vgg_params, dec, content, styles, 0.8, interpolation_weights=wts,
                              preserve_color=True)
     # Same operations in the same order; float32 rounding of separately compiled pieces only.
@@ -154,7 +154,7 @@ def test_uploads_are_private_to_their_session_and_deleted_with_it(app_server, im
     assert stored.parent == session.dir and stored.name.startswith("content-")  # the server's name
     # b sees its own (built-in) content, not a's upload, and cannot reach a's runs.
     assert _png(b.request("/api/input/content")[1]).shape != _png(a.request("/api/input/content")[1]).shape
-    status, body = a.json("/api/gatys", {"size": 32, "iterations": 400, "update_every": 5})
+    status, body = a.json("/api/gatys", {"size": 32, "iterations": 400, "update_every": 4})
     run = body["run"]
     assert b.request(f"/api/runs/{run}/frame")[0] == 404
     assert b.json(f"/api/runs/{run}/stop", {})[0] == 404
@@ -224,9 +224,12 @@ def test_gatys_run_streams_terms_and_matches_the_cli(client, images, tmp_path, m
     np.testing.assert_allclose(downloaded, expected, atol=2e-3)
 
 
-def test_runs_queue_and_stop_keeps_the_image(client):
-    status, first = client.json("/api/gatys", {"size": 32, "iterations": 3000, "update_every": 5})
-    status, second = client.json("/api/gatys", {"size": 32, "iterations": 5, "update_every": 5})
+def test_runs_queue_and_stop_keeps_the_image(client, images):
+    # The same shapes and chunk as the other Gatys tests: one compiled program serves them all.
+    for slot, path in zip(("content", "style"), images):
+        client.request(f"/api/upload/{slot}", path.read_bytes(), "POST", {"X-Filename": path.name})
+    status, first = client.json("/api/gatys", {"size": 32, "iterations": 3000, "update_every": 4})
+    status, second = client.json("/api/gatys", {"size": 32, "iterations": 4, "update_every": 4})
     seen_queued = False
     for state in client.events(f"/api/runs/{second['run']}/events"):
         if state["status"] == "queued" and state["position"] >= 1:
@@ -240,7 +243,7 @@ def test_runs_queue_and_stop_keeps_the_image(client):
     final = list(client.events(f"/api/runs/{first['run']}/events"))[-1]
     assert final["status"] == "stopped" and 0 < final["iteration"] < 3000
     status, data = client.request(f"/api/runs/{first['run']}/frame")
-    assert status == 200 and _png(data).shape == (32, 48, 3)  # the built-in photo, 451x300
+    assert status == 200 and _png(data).shape == (32, 45, 3)
     assert list(client.events(f"/api/runs/{second['run']}/events"))[-1]["status"] == "done"
 
 
@@ -286,3 +289,34 @@ def test_app_command_line_errors(capsys):
         sock.close()
     assert app_cli.main(["--port", "70000"]) == 2
     assert app_cli.main(["--port", "-1"]) == 2
+
+
+def test_gatys_cli_web_serves_the_run(tmp_path, images, monkeypatch, capsys):
+    """nst-gatys --web: the live view gets every chunk's image and serves it while the run goes on."""
+    from nst_jax.app import live
+    from nst_jax.cli import gatys
+
+    seen = []
+
+    class Recording(live.LiveView):
+        def publish(self, iteration, image, losses):
+            super().publish(iteration, image, losses)
+            if not seen:  # while the run is going on, the page's endpoints answer
+                client = Client(self.url)
+                seen.append(("page", client.request("/")[0], _png(client.request("/frame")[1]).shape))
+            seen.append((iteration, image.shape, sorted(losses)))
+
+        def finish(self, status="done", message=""):
+            seen.append((status, message))
+            super().finish(status, message)
+
+    monkeypatch.setattr(live, "LiveView", Recording)
+    argv = ["--content", str(images[0]), "--style", str(images[1]), "--size", "32", "--iterations", "8",
+            "--chunk", "4", "--weights", weight_paths().vgg19, "--output", str(tmp_path / "o.png"),
+            "--no-progress"]
+    assert gatys.main(argv + ["--web", "--port", "0"]) == 0
+    assert "live view: http://127.0.0.1:" in capsys.readouterr().err
+    assert seen == [("page", 200, (32, 45, 3)), (4, (32, 45, 3), ["total"]), (8, (32, 45, 3), ["total"]),
+                    ("done", "done: 8 iterations")]
+    assert gatys.main(argv + ["--port", "9999"]) == 2
+    assert "--port is the port of --web" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nst_jax import files
 from nst_jax import image as imageio
 from nst_jax.app import jobs
 from nst_jax.errors import InputImageError
@@ -91,7 +92,7 @@ class Session:
         if not data:
             raise InputImageError(f"the {what} upload is empty; choose an image file")
         path = self.dir / f"{slot}-{next(self._names)}.upload"
-        path.write_bytes(data)
+        files.atomic_write_bytes(path, data)
         shown = display_name(name, slot)
         ok = False
         try:
