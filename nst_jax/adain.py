@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -367,11 +368,39 @@ def stylized_features(
     elif content_mask is None and n_styles not in (1, content.shape[0]) and content.shape[0] != 1:
         raise ConfigError(f"{content.shape[0]} content images and {n_styles} style images cannot be "
                           "paired; give one style, one content, or equally many")
+    encoded = encode_inputs(vgg_params, content, styles, preserve_color=preserve_color, color_mode=color_mode)
+    return transfer_features(encoded, alpha, interpolation_weights=interpolation_weights,
+                             content_mask=content_mask)
+
+
+class Encoded(NamedTuple):
+    """What the encoder makes of a content and its styles; :func:`transfer_features` mixes it.
+
+    Keeping it lets a caller change alpha, interpolation weights or the mask at the cost of one
+    decoder pass (the web app's sliders).
+    """
+
+    content: Array  # f(c) at relu4_1, (B, h, w, C)
+    style_mean: Array  # (K, 1, 1, C), one row per style image
+    style_std: Array  # (K, 1, 1, C)
+
+
+def encode_inputs(vgg_params: Params, content: Array, styles: Sequence[Array], *,
+                  preserve_color: bool = False, color_mode: str = "eig") -> Encoded:
+    """Encodes a content batch and the relu4_1 mean/std of each style (recoloured first if asked).
+
+    Pure and jittable; the inputs are those :func:`stylized_features` has checked.
+    """
     if preserve_color:
         styles = [_recolor(content, s, color_mode) for s in styles]
+    return Encoded(encode(vgg_params, content)[ENCODER_LAYER], *_style_stats(vgg_params, styles))
 
-    c_feat = encode(vgg_params, content)[ENCODER_LAYER]
-    s_mean, s_std = _style_stats(vgg_params, styles)
+
+def transfer_features(encoded: Encoded, alpha: float | Array = 1.0, *,
+                      interpolation_weights: Array | None = None,
+                      content_mask: Array | None = None) -> Array:
+    """The decoder input of report eq. 11 from already encoded features (see :func:`stylized_features`)."""
+    c_feat, s_mean, s_std = encoded
     if content_mask is not None:
         fh, fw = c_feat.shape[1:3]
         mask = resize_mask(jnp.asarray(content_mask, jnp.float32), fh, fw)
@@ -382,6 +411,7 @@ def stylized_features(
             c_mean, c_std = _masked_mean_std(c_feat, region)
             t = t + region * ((c_feat - c_mean) / c_std * s_std[k] + s_mean[k])
     elif interpolation_weights is not None:
+        wts = jnp.asarray(interpolation_weights, jnp.float32)
         # AdaIN is affine in the style statistics, so with n the normalized content features
         # sum_k w_k (sigma_k n + mu_k) = n sum_k w_k sigma_k + sum_k w_k mu_k.
         c_mean, c_std = losses.mean_std(c_feat)
@@ -428,8 +458,12 @@ def stylize(
     feat = stylized_features(vgg_params, content, style, alpha,
                              interpolation_weights=interpolation_weights, content_mask=content_mask,
                              preserve_color=preserve_color, color_mode=color_mode)
-    h, w = content.shape[1:3]
-    return jnp.clip(decode(decoder_params, feat)[:, :h, :w, :], 0.0, 1.0)
+    return render(decoder_params, feat, *content.shape[1:3])
+
+
+def render(decoder_params: Params, features: Array, height: int, width: int) -> Array:
+    """Decodes features into images cropped to ``height`` x ``width`` and clipped to [0, 1]."""
+    return jnp.clip(decode(decoder_params, features)[:, :height, :width, :], 0.0, 1.0)
 
 
 # Compiled entry point: repeated calls with the same shapes (and the same static flags) reuse the

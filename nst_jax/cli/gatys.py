@@ -120,6 +120,9 @@ class GatysOptions:
     max_memory: float | None = option(None, "memory budget in GiB for the size check", group="system", min=">0",
                                       default_help="the device's memory")
     no_progress: bool = option(False, "no progress bar", group="system")
+    web: bool = option(False, "also serve a live view of the run (image and loss curve) on 127.0.0.1 "
+                       "(needs the app extra)", group="system")
+    port: int = option(7860, "port of the --web live view (0: any free port)", group="system", min=">=0")
 
 
 GROUPS = (("images", "images"), ("loss", "loss"), ("color", "colour control (Gatys et al. 2017)"),
@@ -379,6 +382,26 @@ def _metrics(args, config: GatysConfig, lw, ms, sizes, level_its) -> dict:
     }
 
 
+def _live_view(args, total: int):
+    """The --web live view, serving from now on (its address goes to stderr), or None."""
+    if args.web:
+        from nst_jax.cli.app import import_app
+
+        _, live, _ = import_app()
+        view = live.LiveView(port=args.port, total=total, title=PROG)
+        print(f"live view: {view.url}", file=sys.stderr)
+        return view
+    if args.port != GatysOptions.port:
+        raise ConfigError("--port is the port of --web; add --web or drop --port")
+    return None
+
+
+def _close_view(view, status: str, message: str) -> None:
+    if view is not None:
+        view.finish(status, message)
+        view.close()
+
+
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # before the first compile; the library itself never sets it
@@ -411,15 +434,20 @@ def _main(argv=None) -> int:
     bar = tqdm(total=total, disable=args.no_progress, unit="it", dynamic_ncols=True,
                desc="stylizing", file=sys.stderr)
 
+    view = _live_view(args, total)
+
     def callback(level: int, progress: gatys.Progress, get_image):
         done = offsets[level] + progress.iteration
         bar.update(done - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.4g}", **({"size": sizes[level]} if len(sizes) > 1 else {}))
+        if view is not None:
+            view.publish(done, get_image(), {"total": progress.loss})
         if not args.save_every or done >= total:
             return
         if progress.iteration % args.save_every == 0:  # the driver stops at every multiple
             imageio.save_image(_snapshot_path(args.output, done), get_image(), bits=args.bits)
 
+    outcome = ("error", "the run failed")  # what the live view shows at the end
     try:
         ms = multiscale.run_multiscale(
             params, plan.content, plan.styles, config, lw, sizes=sizes, iterations=level_its,
@@ -427,12 +455,18 @@ def _main(argv=None) -> int:
             blend_weights=args.style_blend_weights, content_masks=plan.content_masks,
             style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner,
             snapshot_every=args.save_every)
+        done = ms.result.iterations
+        outcome = ("stopped", f"interrupted at iteration {done}") if ms.result.interrupted else (
+            "done", f"done: {done} iterations")
     except NonFiniteLossError as err:
         bar.close()
+        outcome = ("error", str(err))
         # A failed run never changes an existing output: its last good image goes beside it.
         saved = imageio.save_image(_last_good_path(args.output), err.image, bits=args.bits)
         raise NonFiniteLossError(f"{err}; that image was saved as {saved} ({args.output} was not "
                                  "written)") from None
+    finally:
+        _close_view(view, *outcome)
     bar.close()
     result = ms.result
     if args.metrics_json:
