@@ -44,6 +44,13 @@ def noise_frames(n: int = 12, h: int = 48, w: int = 64, sigma: float = 0.05, see
     return [np.clip(base + sigma * rng.standard_normal(base.shape), 0, 1).astype(np.float32) for _ in range(n)]
 
 
+def flicker_frames(n: int = 12, h: int = 48, w: int = 64, amount: float = 0.15, seed: int = 0) -> list[np.ndarray]:
+    """A static scene whose exposure changes from frame to frame (global flicker, no motion)."""
+    rng = np.random.default_rng(seed)
+    base = _scene()[10:10 + h, :w]
+    return [np.clip(base * (1 + amount * rng.uniform(-1, 1)), 0, 1).astype(np.float32) for _ in range(n)]
+
+
 def write_clip(path, frames, fps=Fraction(12), *, audio: bool = True, times=None, rotation: int = 0,
                codec: str = "libx264") -> None:
     """Encodes float frames (and a 440 Hz sine as AAC) with PyAV, independently of nst_jax.video."""
