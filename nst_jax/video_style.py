@@ -350,3 +350,60 @@ def run_adain(vgg_params: vgg.Params, decoder_params: vgg.Params, frames: Iterab
                        (seconds[0] if seconds else float("nan")),
                        float(np.mean(errors)) if errors else None, float("nan"), interrupted,
                        seconds[0] if seconds else float("nan"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Files in, file out (what the command lines call)
+
+
+def _sized_frames(info, height: int | None, fps):
+    from nst_jax import video
+
+    target = None if height is None or height == info.height else height
+    for f in video.read_frames(info.path, height=target, fps=fps):
+        yield f
+
+
+def stylize_file(source, output, stylize: Callable[..., VideoResult], *, height: int | None = None,
+                 fps=None, progress: Callable[[int, int | None], None] | None = None) -> dict:
+    """Reads ``source``, runs ``stylize(frames, on_frame=...)`` and writes ``output`` with the audio.
+
+    ``stylize`` is :func:`run_gatys` or :func:`run_adain` with everything but ``frames`` and
+    ``on_frame`` bound (``functools.partial``). Frames are written as they come, with their input
+    timestamps; Ctrl-C (KeyboardInterrupt in ``stylize`` or ``progress``) finishes the video written
+    so far. ``progress(done, total)`` is called after each frame (the CLI draws its bar there).
+
+    Returns:
+      metrics: ``frames``, ``fps`` (float), ``seconds_per_frame``, ``temporal_error`` (None unless
+      measured), ``interrupted``, and ``style_loss`` for Gatys.
+
+    Raises:
+      InputImageError / OutputPathError / ConfigError: see :mod:`nst_jax.video`.
+    """
+    from nst_jax import video
+
+    video.check_output(output, source=source)
+    info = video.probe(source)
+    times = []
+    frames_in = _sized_frames(info, height, fps)
+
+    def images():
+        for f in frames_in:
+            times.append(f.time)
+            yield f.image
+
+    rate = info.fps if fps is None or not info.is_folder else fps
+    with video.VideoWriter(output, rate, audio_from=None if info.is_folder else source) as writer:
+        def on_frame(i, img):
+            writer.write(img, times[i])
+            if progress is not None:
+                progress(i + 1, info.frames)
+
+        result = stylize(images(), on_frame=on_frame)
+    # Frames in the file: a frame written before an interrupt in ``progress`` counts.
+    metrics = {"frames": writer.frames, "fps": float(rate), "seconds_per_frame": result.seconds_per_frame,
+               "first_frame_seconds": result.first_frame_seconds, "temporal_error": result.temporal_error,
+               "interrupted": result.interrupted}
+    if np.isfinite(result.style_loss):
+        metrics["style_loss"] = result.style_loss
+    return metrics

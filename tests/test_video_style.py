@@ -138,3 +138,43 @@ def test_adain_run_batches_pad_and_smoothing_reduces_flicker(adain_nets, style):
 def test_adain_bad_smoothing(adain_nets, style):
     with pytest.raises(ConfigError, match="temporal-smoothing"):
         video_style.run_adain(*adain_nets, [], [style], smoothing=1.0)
+
+
+@pytest.fixture(scope="module")
+def clip_with_audio(tmp_path_factory):
+    path = tmp_path_factory.mktemp("clip") / "pan.mp4"
+    _clips.write_clip(path, _clips.pan_frames(6, h=32, w=48))
+    return path
+
+
+def test_adain_file_keeps_frames_rate_and_audio(adain_nets, style, clip_with_audio, tmp_path):
+    import functools
+
+    out = tmp_path / "out.mp4"
+    run = functools.partial(video_style.run_adain, *adain_nets, styles=[style], batch=4, smoothing=0.5,
+                            measure=True)
+    m = video_style.stylize_file(clip_with_audio, out, run)
+    src, dst = _clips.streams(clip_with_audio), _clips.streams(out)
+    assert m["frames"] == dst["video"] == src["video"] == 6
+    assert dst["rate"] == src["rate"] and m["fps"] == float(src["rate"])
+    assert dst["audio_codec"] == "aac" and dst["audio"] > 0
+    assert m["temporal_error"] is not None and not m["interrupted"]
+
+
+def test_gatys_file_interrupt_gives_shorter_valid_video(narrow_vgg19, style, clip_with_audio, tmp_path):
+    import functools
+
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"old")
+
+    def progress(done, total):
+        assert total == 6
+        if done == 3:
+            raise KeyboardInterrupt
+
+    run = functools.partial(video_style.run_gatys, narrow_vgg19, style=style, config=CONFIG, video_iterations=2)
+    m = video_style.stylize_file(clip_with_audio, out, run, progress=progress)
+    assert m["interrupted"] and m["frames"] == 3  # frame 3 was written, its progress call interrupted
+    got = _clips.streams(out)
+    assert got["video"] == 3 and got["audio"] > 0
+    assert m["temporal_error"] is not None and m["style_loss"] > 0
