@@ -29,7 +29,8 @@ def _cv2():
     try:
         import cv2
     except ImportError:
-        raise ConfigError('video needs OpenCV for optical flow; install it with pip install "nst_jax[video]"') from None
+        raise ConfigError('video needs OpenCV for optical flow; install it with '
+                          'pip install "nst_jax[video]"') from None
     return cv2
 
 
