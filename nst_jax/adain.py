@@ -39,7 +39,7 @@ from flax import nnx
 from jax import lax
 from tqdm import tqdm
 
-from nst_jax import cli, color, losses, vgg, weights
+from nst_jax import cli, color, losses, memory, vgg, weights
 from nst_jax import image as image_io
 from nst_jax.errors import (
     ConfigError,
@@ -731,53 +731,6 @@ def run(config: AdainConfig, jobs: Sequence[Job], grid_dir: pathlib.Path | None,
     return written
 
 
-def _encoder_floats(vgg_params: Params, height: int, width: int) -> int:
-    """Floats in the input and every conv / pool output of the encoder, up to relu4_1."""
-    h, w, c = height, width, 3
-    total = 2 * h * w * c  # the image and its 1x1 "preprocess" conv
-    for name in vgg.ADAIN_VGG.layers:
-        if name.startswith("conv"):
-            c = int(np.shape(vgg_params[name]["kernel"])[-1])
-        elif name.startswith("pool"):
-            h, w = -(-h // 2), -(-w // 2)  # ceil-mode pooling
-        else:
-            continue  # a ReLU is fused into its conv
-        total += h * w * c
-    return total
-
-
-def _decoder_floats(decoder_params: Params, height: int, width: int) -> int:
-    """Floats in every conv and up-sampling output of the decoder producing a height x width image."""
-    h, w = -(-height // 8), -(-width // 8)
-    total = 0
-    for name in DECODER_LAYERS:
-        c = int(np.shape(decoder_params[name]["kernel"])[-1])
-        total += h * w * c
-        if name in _UPSAMPLE_AFTER:
-            h, w = 2 * h, 2 * w
-            total += h * w * c
-    return total
-
-
-def estimate_memory_bytes(content_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]],
-                          vgg_params: Params, decoder_params: Params) -> int:
-    """Rough peak memory of one :func:`stylize` call for one content and its style images.
-
-    Counts every activation of the encoder (content and each style) and of the decoder at 4 bytes
-    as if all were alive at once. XLA frees most of them early (on CPU the compiled program needs
-    about half of this), so the estimate errs on the safe side; it exists to refuse a job clearly
-    instead of crashing out of memory.
-
-    Args:
-      content_hw: (height, width) of the content as it enters the network.
-      style_hws: (height, width) of each style image as it enters the network.
-      vgg_params, decoder_params: the networks (channel counts come from them).
-    """
-    floats = _encoder_floats(vgg_params, *content_hw) + _decoder_floats(decoder_params, *content_hw)
-    floats += sum(_encoder_floats(vgg_params, h, w) for h, w in style_hws)
-    return 4 * floats
-
-
 def _target_hw(hw: tuple[int, int], short_side: int) -> tuple[int, int]:
     # The size image_io.resize(short_side=...) gives, computed without resizing anything.
     h, w = hw
@@ -797,7 +750,7 @@ def check_memory(config: AdainConfig, jobs: Sequence[Job], vgg_params: Params, d
 
     Raises:
       MemoryBudgetError: the largest job needs more than ``budget_bytes``
-        (:func:`estimate_memory_bytes`).
+        (:func:`nst_jax.memory.adain_bytes`).
       InputImageError: an input is missing or not an image.
     """
     headers: dict[pathlib.Path, tuple[int, int]] = {}
@@ -815,7 +768,7 @@ def check_memory(config: AdainConfig, jobs: Sequence[Job], vgg_params: Params, d
             hw = size_of(s, "style image")
             # Without --style-size the style is resized to the content (run() does the same).
             style_hws.append(content_hw if config.style_size is None else _target_hw(hw, config.style_size))
-        need = estimate_memory_bytes(content_hw, style_hws, vgg_params, decoder_params)
+        need = memory.adain_bytes(content_hw, style_hws, vgg_params, decoder_params)
         worst = max(worst, (need, job.content, content_hw), key=lambda t: t[0])
     need, path, (h, w) = worst
     if need > budget_bytes:
@@ -828,9 +781,7 @@ def check_memory(config: AdainConfig, jobs: Sequence[Job], vgg_params: Params, d
 def _memory_budget(config: AdainConfig) -> int:
     if config.max_memory is not None:
         return int(config.max_memory * 2**30)
-    from nst_jax.gatys import available_memory_bytes  # device memory, shared with the Gatys CLI
-
-    return available_memory_bytes()
+    return memory.available_bytes()
 
 
 def _load_mask(path: str) -> np.ndarray:

@@ -4,8 +4,7 @@ The core is pure and jittable:
 
 * :func:`compute_targets` precomputes the content features and the style Gram matrices once;
 * :func:`objective` is the total loss of report eq. 4, ``alpha * L_c + beta * sum_l w_l * L_s``;
-* :func:`make_solver` wraps jaxopt L-BFGS, optax L-BFGS and Adam behind one ``init``/``update``
-  interface;
+* the solvers (jaxopt L-BFGS, optax L-BFGS, Adam) come from :mod:`nst_jax.solvers`;
 * :func:`stylize` runs a whole optimization inside one compiled program (``lax.scan``), so it can be
   ``jax.vmap``-ed over loss weights or seeds for hyper-parameter sweeps (:func:`sweep`).
 
@@ -18,8 +17,8 @@ Perceptual controls of Gatys et al. (2017), report §V:
   see :mod:`nst_jax.guides`);
 * scale: coarse-to-fine synthesis lives in :mod:`nst_jax.multiscale`.
 
-:func:`run` is the host-side driver used by the CLI: it steps the same solver in jitted chunks so it
-can report progress, save intermediate images and stop cleanly on Ctrl-C.
+:func:`run` steps the same solver from the host in jitted chunks (:func:`nst_jax.driver.drive`) so a
+caller can report progress, save intermediate images and stop cleanly on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,23 +26,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import time
-import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nst_jax import color as colormod
-from nst_jax import guides, losses, vgg
+from nst_jax import driver, guides, losses, solvers, vgg
+from nst_jax.driver import Progress, RunResult  # noqa: F401 (the run's types, public here too)
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, check_choice, normalized_weights
 
 Array = jax.Array
 
-OPTIMIZERS: tuple[str, ...] = ("lbfgs", "optax-lbfgs", "adam")
+OPTIMIZERS: tuple[str, ...] = solvers.OPTIMIZERS
 INITS: tuple[str, ...] = ("content", "noise", "image")
 # The report names layers by conv block (conv4_2 means the conv followed by its ReLU, "All
 # convolutional layers terminate with a ReLU"); the features it compares are the rectified ones.
@@ -102,7 +99,7 @@ class GatysConfig:
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
-        return 0.02 if self.optimizer == "adam" else 1.0
+        return solvers.default_learning_rate(self.optimizer)
 
 
 class LossWeights(NamedTuple):
@@ -257,9 +254,9 @@ def compute_targets(
 def loss_terms(
     image: Array, params: vgg.Params, targets: Targets, weights: LossWeights, config: GatysConfig
 ) -> dict[str, Array]:
-    """Unweighted content and style losses and the weighted total (report eqs. 1, 3, 4).
+    """Unweighted content, style and TV losses, their weighted contributions and the total (eqs. 1, 3, 4).
 
-    With ``targets.region_masks`` the style loss of each layer is the guided loss of Gatys et al.
+    See :func:`weighted_terms` for the keys. With ``targets.region_masks`` the style loss of each layer is the guided loss of Gatys et al.
     (2017) (:func:`nst_jax.guides.guided_layer_loss`), which equals eq. 3 for one full mask.
     """
     feats = _features(params, image, config.layers, config)
@@ -270,9 +267,15 @@ def loss_terms(
         per_layer = [guides.guided_layer_loss(targets.style_grams[n], feats[n], targets.region_masks[n])
                      for n in config.style_layers]
     style = jnp.sum(weights.style_layers * jnp.stack(per_layer))
-    tv = losses.tv_loss(image)
-    total = weights.content * content + weights.style * style + weights.tv * tv
-    return {"total": total, "content": content, "style": style, "tv": tv}
+    return weighted_terms(content, style, losses.tv_loss(image), weights)
+
+
+def weighted_terms(content: Array, style: Array, tv: Array, weights: LossWeights) -> dict[str, Array]:
+    """The loss terms of eq. 4 by name: raw ``content``, ``style``, ``tv``; ``content_weighted`` =
+    alpha * content, ``style_weighted`` = beta * style, ``tv_weighted``; ``total``, their sum."""
+    cw, sw, tw = weights.content * content, weights.style * style, weights.tv * tv
+    return {"total": cw + sw + tw, "content": content, "style": style, "tv": tv,
+            "content_weighted": cw, "style_weighted": sw, "tv_weighted": tw}
 
 
 def objective(image, params, targets, weights, config: GatysConfig) -> Array:
@@ -280,92 +283,10 @@ def objective(image, params, targets, weights, config: GatysConfig) -> Array:
     return loss_terms(image, params, targets, weights, config)["total"]
 
 
-# ----------------------------------------------------------------------------------------------
-# Solvers: one interface over jaxopt L-BFGS, optax L-BFGS and Adam.
-
-
-class Solver(NamedTuple):
-    """``init(x, *args) -> state``; ``update(x, state, *args) -> (x, state, value_at_new_x_or_old)``."""
-
-    init: Callable[..., Any]
-    update: Callable[..., tuple[Array, Any]]
-    value: Callable[[Any], Array]  # loss recorded in the state (at the current iterate)
-
-
-class _LBFGSState(NamedTuple):
-    opt: Any
-    value: Array
-    grad: Array
-
-
-class _AdamState(NamedTuple):
-    opt: Any
-    value: Array
-
-
-def _import_jaxopt():
-    # jaxopt warns at import that it is unmaintained; we depend on it deliberately for its L-BFGS.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="JAXopt is no longer maintained", category=DeprecationWarning)
-        import jaxopt
-    return jaxopt
-
-
-def make_solver(fun: Callable[..., Array], config: GatysConfig) -> Solver:
-    """Builds the optimizer selected by ``config.optimizer`` for ``fun(x, *args) -> scalar``.
-
-    All three record the loss at the *current* iterate in their state, so ``value(state)`` after
-    ``k`` updates is the loss after ``k`` iterations.
-    """
-    if config.optimizer == "lbfgs":
-        jaxopt = _import_jaxopt()
-        # tol=0: run exactly the requested number of iterations, as the paper's fixed budget.
-        solver = jaxopt.LBFGS(fun=fun, maxiter=max(config.iterations, 1), tol=0.0,
-                              history_size=config.history_size, linesearch="zoom", max_stepsize=config.lr,
-                              implicit_diff=False)
-
-        def init(x, *args):
-            return solver.init_state(x, *args)
-
-        def update(x, state, *args):
-            return solver.update(x, state, *args)
-
-        return Solver(init, update, lambda s: s.value)
-
-    value_and_grad = jax.value_and_grad(fun)
-
-    if config.optimizer == "optax-lbfgs":
-        opt = optax.lbfgs(memory_size=config.history_size)
-
-        def init(x, *args):
-            value, grad = value_and_grad(x, *args)
-            return _LBFGSState(opt.init(x), value, grad)
-
-        def update(x, state, *args):
-            updates, opt_state = opt.update(state.grad, state.opt, x, value=state.value, grad=state.grad,
-                                            value_fn=lambda y: fun(y, *args))
-            x = optax.apply_updates(x, updates)
-            # The zoom line search already evaluated f and its gradient at the accepted point.
-            value = optax.tree.get(opt_state, "value")
-            grad = optax.tree.get(opt_state, "grad")
-            return x, _LBFGSState(opt_state, value, grad)
-
-        return Solver(init, update, lambda s: s.value)
-
-    opt = optax.adam(config.lr)
-
-    def init_adam(x, *args):
-        return _AdamState(opt.init(x), fun(x, *args))
-
-    def update_adam(x, state, *args):
-        value, grad = value_and_grad(x, *args)
-        updates, opt_state = opt.update(grad, state.opt, x)
-        x = optax.apply_updates(x, updates)
-        # Adam evaluates f only where it takes the gradient, so its recorded value lags one step
-        # behind the iterate; run() recomputes the final losses exactly.
-        return x, _AdamState(opt_state, value)
-
-    return Solver(init_adam, update_adam, lambda s: s.value)
+def solver_for(fun: Callable[..., Array], config: GatysConfig) -> solvers.Solver:
+    """:func:`nst_jax.solvers.make_solver` with the optimizer settings of ``config``."""
+    return solvers.make_solver(fun, optimizer=config.optimizer, learning_rate=config.learning_rate,
+                               history_size=config.history_size, iterations=config.iterations)
 
 
 def initial_image(content: Array, config: GatysConfig, key: Array, image: Array | None = None) -> Array:
@@ -491,7 +412,7 @@ def stylize(
     targets = compute_targets(params, content, style, config, blend_weights,
                               content_masks=content_masks, style_masks=style_masks)
     x0 = initial_image(content, config, key, init)
-    solver = make_solver(functools.partial(objective, config=config), config)
+    solver = solver_for(functools.partial(objective, config=config), config)
     args = (params, targets, weights)
     state = solver.init(x0, *args)
 
@@ -566,70 +487,12 @@ def sweep(
 
 
 # ----------------------------------------------------------------------------------------------
-# Host-side driver: chunks of jitted iterations with progress, snapshots and clean interruption.
+# Host-side run: chunks of jitted iterations through the one driver (nst_jax.driver).
 
 
-class Progress(NamedTuple):
-    iteration: int
-    loss: float
-    seconds: float  # wall time of the chunk that ended at this iteration
-
-
-@dataclasses.dataclass
-class RunResult:
-    image: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    losses: list[float]  # total loss at the init and after each completed iteration
-    terms: dict[str, float]  # unweighted content/style/tv and total at the final image
-    iterations: int  # completed iterations
-    chunk_seconds: list[tuple[int, float]]  # (iterations, wall seconds) per chunk; the first compiles
-    interrupted: bool = False
-
-
-class _Program(NamedTuple):
-    init: Callable
-    run_chunk: Callable
-    terms: Callable
-    value: Callable
-
-
-def _build_program(config: GatysConfig, chunk: int) -> _Program:
-    solver = make_solver(functools.partial(objective, config=config), config)
-
-    @jax.jit
-    def init(x0, params, targets, weights):
-        return solver.init(x0, params, targets, weights)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def run_chunk(x, state, params, targets, weights, n):
-        # n is traced (n <= chunk), so one compiled program serves every chunk, the last partial
-        # one included; the loss after each iteration goes into a fixed-size buffer.
-        def body(i, carry):
-            x, state, values = carry
-            x, state = solver.update(x, state, params, targets, weights)
-            return x, state, values.at[i].set(solver.value(state))
-
-        values = jnp.full((chunk,), jnp.nan, jnp.float32)
-        return jax.lax.fori_loop(0, n, body, (x, state, values))
-
-    @jax.jit
-    def terms(x, params, targets, weights):
-        return loss_terms(x, params, targets, weights, config)
-
-    return _Program(init, run_chunk, terms, solver.value)
-
-
-# Compiled programs keyed by config and chunk length, so repeated runs (levels of the same size, a
-# second image in the same process) do not recompile. jit caches on shapes underneath.
-_PROGRAMS: dict[tuple[GatysConfig, int], _Program] = {}
-
-
-def _program(config: GatysConfig, chunk: int) -> _Program:
-    # Neither the iteration count nor the colour mode (applied outside) is part of the program.
-    key = (dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr",
-                               color_transform="eig"), chunk)
-    if key not in _PROGRAMS:
-        _PROGRAMS[key] = _build_program(key[0], chunk)
-    return _PROGRAMS[key]
+def _build_program(config: GatysConfig, chunk: int) -> driver.Program:
+    solver = solver_for(functools.partial(objective, config=config), config)
+    return driver.build_program(solver, functools.partial(loss_terms, config=config), chunk)
 
 
 def run(
@@ -646,17 +509,20 @@ def run(
     callback: Callable[[Progress, Callable[[], np.ndarray]], None] | None = None,
     content_masks: Array | None = None,
     style_masks: Sequence[Array | None] | None = None,
+    snapshot_every: int = 0,
 ) -> RunResult:
-    """Runs the optimization from the host in jitted chunks of ``chunk`` iterations.
+    """Runs the optimization from the host in jitted chunks of at most ``chunk`` iterations.
 
     Produces the same iterates as :func:`stylize`, colour control and spatial control
     (``content_masks``, ``style_masks``: see :func:`compute_targets`) included. After each chunk
     ``callback(progress, get_image)`` is called (the CLI updates its progress bar and saves snapshots
-    there). Ctrl-C (KeyboardInterrupt) stops after the current chunk and returns the image so far
-    with ``interrupted=True``. A non-finite loss raises :class:`NonFiniteLossError` naming the window
-    of iterations, with the last finite image attached as ``err.image``. Images handed out
-    (result, snapshots, ``err.image``) have the colour restored (:func:`finish_output`); the
-    losses and ``terms`` are those of the prepared images the optimizer saw.
+    there); chunks also end at every multiple of ``snapshot_every`` (if > 0), so a callback sees
+    every such iteration whatever ``chunk`` is. Ctrl-C (KeyboardInterrupt) stops after the current
+    chunk and returns the image so far with ``interrupted=True``. A non-finite loss raises
+    :class:`NonFiniteLossError` naming the window of iterations, with the last finite image attached
+    as ``err.image``. Images handed out (result, snapshots, ``err.image``) have the colour restored
+    (:func:`finish_output`); the losses and ``terms`` are those of the prepared images the optimizer
+    saw. See :func:`nst_jax.driver.drive` for timings and evaluation counts.
     """
     if weights is None:
         weights = loss_weights(config)
@@ -664,102 +530,13 @@ def run(
         key = jax.random.key(0)
     original = content
     content, style, init = prepare_inputs(content, style, config, init)
-
-    def finish(image: np.ndarray) -> np.ndarray:
-        if config.color == "none":
-            return np.clip(image, 0.0, 1.0)
-        return np.asarray(jax.device_get(finish_output(jnp.asarray(image)[None], original, config)))[0]
-
     targets = compute_targets(params, content, style, config, blend_weights,
                               content_masks=content_masks, style_masks=style_masks)
     x = initial_image(content, config, key, init)
-    prog = _program(config, chunk)
-    # The chunk loop returns strongly typed leaves; strip weak types from the initial state (optax
-    # keeps some) so the second chunk does not recompile.
-    state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a,
-                         prog.init(x, params, targets, weights))
-    curve = [float(jax.device_get(prog.value(state)))]
-    timings: list[tuple[int, float]] = []
-    last_good = np.asarray(jax.device_get(x))[0]
-    done, interrupted = 0, False
-    try:
-        while done < config.iterations:
-            n = min(chunk, config.iterations - done)
-            t0 = time.perf_counter()
-            x, state, values = prog.run_chunk(x, state, params, targets, weights, n)
-            values = np.asarray(jax.device_get(values), np.float64)[:n]
-            dt = time.perf_counter() - t0
-            if not np.all(np.isfinite(values)):
-                bad = done + 1 + int(np.argmin(np.isfinite(values)))
-                err = NonFiniteLossError(
-                    f"loss became non-finite between iteration {done} and {bad}; the image of iteration "
-                    f"{done} was kept; lower --learning-rate or the loss weights, or use --optimizer lbfgs"
-                )
-                err.image = finish(last_good)
-                err.iteration = done
-                raise err
-            done += n
-            curve.extend(values.tolist())
-            timings.append((n, dt))
-            last_good = np.asarray(jax.device_get(x))[0]
-            if callback is not None:
-                callback(Progress(done, float(values[-1]), dt), lambda img=last_good: finish(img))
-    except KeyboardInterrupt:
-        interrupted = True
-    image = last_good
-    final_terms = prog.terms(jnp.asarray(image)[None], params, targets, weights)
-    terms = {k: float(v) for k, v in jax.device_get(final_terms).items()}
-    return RunResult(finish(image), curve, terms, done, timings, interrupted)
-
-
-def seconds_per_iteration(chunk_seconds: Sequence[tuple[int, float]]) -> float | None:
-    """Median seconds per iteration over chunks, excluding the first (compile) chunk."""
-    rates = [dt / n for n, dt in chunk_seconds[1:] if n > 0]
-    return float(np.median(rates)) if rates else None
-
-
-# ----------------------------------------------------------------------------------------------
-# Memory estimate: refuse clearly instead of crashing out of memory.
-
-
-def estimate_memory_bytes(height: int, width: int, params: vgg.Params, config: GatysConfig, *,
-                          backward: bool = True) -> int:
-    """Rough peak memory of one optimization at ``height x width``.
-
-    Counts every activation up to the deepest layer used (kept for the backward pass), their
-    gradients, the L-BFGS history of image-sized vectors and the line search's extra evaluations.
-    Calibrated to over- rather than under-estimate on the CPU backend. With ``backward=False`` it
-    is a forward pass only (a style image's Gram matrices): every activation counted once.
-    """
-    deepest = max(vgg.LAYERS.index(n) for n in config.layers)
-    h, w, c, total = height, width, 3, 0
-    for name in vgg.LAYERS[: deepest + 1]:
-        if name.startswith("conv"):
-            c = int(params[name]["kernel"].shape[-1])
-        elif name.startswith("pool"):
-            h, w = max(h // 2, 1), max(w // 2, 1)
-        total += h * w * c
-    bytes_per = 2 if config.compute_dtype == "bfloat16" else 4
-    # On the CPU backend --remat barely lowers the peak: XLA's scheduler keeps most recomputed
-    # activations alive (scripts/memory_profile.py, full VGG-19 at 512x512: 1087 MiB of XLA
-    # temporaries with remat, 1023 MiB without; peak RSS grows by 1.5 GiB either way). So remat only
-    # gets a small discount here; accelerators may save more.
-    if not backward:
-        return int(total * bytes_per)
-    activations = total * bytes_per * (2.5 if config.remat else 3)
-    history = (2 * config.history_size + 6) * height * width * 3 * 4
-    return int(activations + history)
-
-
-def available_memory_bytes() -> int:
-    """Memory of the default device: its allocator limit on accelerators, physical RAM on CPU."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and "bytes_limit" in stats:
-        return int(stats["bytes_limit"])
-    import os
-
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    prog = driver.program(driver.program_key(config, "gatys", chunk), lambda c: _build_program(c, chunk))
+    return driver.drive(prog, x, (params, targets, weights), iterations=config.iterations, chunk=chunk,
+                        snapshot_every=snapshot_every, callback=callback,
+                        finish=driver.finisher(original, color=config.color, color_space=config.color_space))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1087,25 +864,19 @@ def _check_metrics_path(path) -> None:
 
 def _memory_needed(args, config: GatysConfig, height: int, width: int, params, backward: bool = True) -> int:
     """Estimated bytes of optimizing (or, ``backward=False``, of one forward pass over) an image."""
-    if args.tile_size is None:
-        return estimate_memory_bytes(height, width, params, config, backward=backward)
-    from nst_jax import tiling
+    from nst_jax import memory
 
-    halo = tiling.receptive_halo(config.layers) if args.tile_halo is None else args.tile_halo
-    window = args.tile_size + 2 * halo
-    activations = estimate_memory_bytes(min(height, window), min(width, window), params, config,
-                                        backward=backward)
-    if not backward:
-        return activations
-    # The solver still holds whole-image vectors (image, gradient, L-BFGS history).
-    return activations + (2 * config.history_size + 6) * height * width * 3 * 4
+    return memory.gatys_bytes(height, width, params, config, backward=backward, tile_size=args.tile_size,
+                              tile_halo=args.tile_halo)
 
 
 def _check_memory(args, config: GatysConfig, plan: _Plan, size: int, params) -> None:
     """Refuses a job whose largest level (output or a style image) would not fit in memory."""
     from nst_jax.errors import MemoryBudgetError
 
-    budget = int(args.max_memory * 2**30) if args.max_memory else available_memory_bytes()
+    from nst_jax import memory
+
+    budget = int(args.max_memory * 2**30) if args.max_memory else memory.available_bytes()
     height, width = _level_shape(plan.content, size)
     need = _memory_needed(args, config, height, width, params)
     if need > budget:
@@ -1176,16 +947,17 @@ def _main(argv=None) -> int:
         done = offsets[level] + progress.iteration
         bar.update(done - bar.n)
         bar.set_postfix(loss=f"{progress.loss:.4g}", **({"size": sizes[level]} if len(sizes) > 1 else {}))
-        if args.save_every and progress.iteration % args.save_every < args.chunk and done < total:
-            step = done - done % args.save_every
-            imageio.save_image(_snapshot_path(args.output, step), get_image(), bits=args.bits)
+        # The runner cuts its chunks at every multiple of --save-every, so none is skipped.
+        if args.save_every and progress.iteration % args.save_every == 0 and done < total:
+            imageio.save_image(_snapshot_path(args.output, done), get_image(), bits=args.bits)
 
     try:
         ms = multiscale.run_multiscale(
             params, plan.content, plan.styles, config, lw, sizes=sizes, iterations=level_its,
             style_scale=args.style_scale, key=jax.random.key(args.seed), init=plan.init,
             blend_weights=args.style_blend_weights, content_masks=plan.content_masks,
-            style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner)
+            style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner,
+            snapshot_every=args.save_every)
     except NonFiniteLossError as err:
         bar.close()
         # A failed run never changes an existing output: its last good image goes beside it.
@@ -1202,8 +974,13 @@ def _main(argv=None) -> int:
             "content_loss": result.terms["content"],
             "style_loss": result.terms["style"],
             "tv_loss": result.terms["tv"],
-            "seconds_per_iteration": seconds_per_iteration(result.chunk_seconds),
-            "compile_seconds": result.chunk_seconds[0][1] if result.chunk_seconds else None,
+            "content_weighted": result.terms["content_weighted"],
+            "style_weighted": result.terms["style_weighted"],
+            "tv_weighted": result.terms["tv_weighted"],
+            "evaluations": result.evaluations,
+            "evaluations_per_iteration": result.evaluations / result.iterations if result.iterations else None,
+            "seconds_per_iteration": result.seconds_per_iteration,
+            "compile_seconds": result.compile_seconds,
             "iterations": result.iterations,
             "interrupted": result.interrupted,
             "levels": [level.as_dict() for level in ms.levels],

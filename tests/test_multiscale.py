@@ -61,7 +61,7 @@ class Recorder:
         self.interrupt_at, self.fail_at = interrupt_at, fail_at
 
     def __call__(self, params, content, styles, config, weights, *, key, init, blend_weights, chunk, callback,
-                 **masks):
+                 snapshot_every, **masks):
         level = len(self.calls)
         self.calls.append(dict(content=np.asarray(content), styles=[np.asarray(s) for s in styles],
                                config=config, init=None if init is None else np.asarray(init), masks=masks))
