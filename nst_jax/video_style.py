@@ -35,17 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import adain, flow, gatys, losses, vgg
+from nst_jax import adain, flow, gatys, losses, solvers, vgg
 from nst_jax.errors import ConfigError, check_choice
 
 Array = jax.Array
 VIDEO_MODES: tuple[str, ...] = ("temporal", "warm", "independent")
 
 
-def _make_solver(fun, config: gatys.GatysConfig):
-    # One line to swap for solvers.make_solver(fun, optimizer=config.optimizer,
-    # learning_rate=config.lr, history_size=config.history_size, iterations=config.iterations).
-    return gatys.make_solver(fun, config)
+def _make_solver(fun, config: gatys.GatysConfig) -> solvers.Solver:
+    return solvers.make_solver(fun, optimizer=config.optimizer, learning_rate=config.learning_rate,
+                               history_size=config.history_size, iterations=max(config.iterations, 1))
 
 
 # ----------------------------------------------------------------------------------------------

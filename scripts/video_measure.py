@@ -48,14 +48,16 @@ def gatys_rows(params, style, size, frames_n, iterations, video_iterations, temp
 def adain_rows(vgg_params, dec, style, sizes, frames_n):
     rows = []
     for size in sizes:
-        frames = _clips.pan_frames(frames_n, h=size // 2, w=size * 2 // 3)
-        frames = [image.resize(f, height=size) for f in frames]
+        # The pan is cut from the 96-px built-in scene, then upscaled to the measured size.
+        frames = [image.resize(f, height=size) for f in _clips.pan_frames(frames_n, h=48, w=64)]
         for batch in (1, 8):
             video_style.run_adain(vgg_params, dec, frames[:batch], [style], batch=batch)  # compile
-            t = time.perf_counter()
-            r = video_style.run_adain(vgg_params, dec, frames, [style], batch=batch)
-            dt = time.perf_counter() - t
-            rows.append({"size": size, "batch": batch, "frames_per_second": r.frames / dt})
+            best = float("inf")
+            for _ in range(3):  # best of 3: the machine may be shared
+                t = time.perf_counter()
+                r = video_style.run_adain(vgg_params, dec, frames, [style], batch=batch)
+                best = min(best, time.perf_counter() - t)
+            rows.append({"size": size, "batch": batch, "frames_per_second": r.frames / best})
             print(rows[-1], flush=True)
     return rows
 
