@@ -18,13 +18,13 @@ import contextlib
 import dataclasses
 import os
 import re
-import uuid
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from nst_jax import files
 from nst_jax import image as imagemod
 from nst_jax.errors import ConfigError, InputImageError, OutputPathError
 
@@ -288,7 +288,7 @@ class VideoWriter:
         self.frames = 0
         self.last_time: Fraction | None = None
         self.size: tuple[int, int] | None = None
-        self._container = self._stream = self._temp = self._last_pts = None
+        self._container = self._stream = self._last_pts = None
         self._folder = not self.path.suffix
 
     def __enter__(self) -> VideoWriter:
@@ -297,11 +297,13 @@ class VideoWriter:
             return self
         av = _av()
         muxer, self._codec = WRITE_FORMATS[self.path.suffix.lower()]
-        self._temp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        # files.atomic_write: a temporary file renamed over the path only when the block succeeds.
+        self._atomic = files.atomic_write(self.path)
+        handle = self._atomic.__enter__()
         try:
-            self._container = av.open(str(self._temp), "w", format=muxer)
+            self._container = av.open(handle, "w", format=muxer)
         except (av.error.FFmpegError, OSError) as err:
-            self._discard()
+            self._atomic.__exit__(type(err), err, None)
             raise OutputPathError(f"cannot create {self.path} ({_reason(err)}); check the folder's "
                                   "permissions and free space") from None
         return self
@@ -377,13 +379,10 @@ class VideoWriter:
             packet.stream = self._audio_out
             self._container.mux(packet)
 
-    def _discard(self) -> None:
-        if self._temp is not None and self._temp.exists():
-            self._temp.unlink()
-
     def __exit__(self, kind, err, tb) -> None:
         if self._folder:
             return
+        failure = (kind, err, tb)
         try:
             if kind is None and self.frames == 0:
                 raise InputImageError(f"no frames were written to {self.path}; the input had none")
@@ -391,21 +390,15 @@ class VideoWriter:
                 for packet in self._stream.encode(None):
                     self._container.mux(packet)
                 self._copy_audio()
-            self._container.close()
-            self._container = None
-            if kind is None:
-                with open(self._temp, "rb+") as f:
-                    os.fsync(f.fileno())
-                os.replace(self._temp, self.path)
-        except OSError as exc:
-            raise OutputPathError(f"could not write {self.path} ({exc.strerror or exc}); check free disk "
-                                  "space and permissions") from None
+        except BaseException as exc:  # noqa: BLE001 - re-raised below after the temp file is removed
+            failure = (type(exc), exc, exc.__traceback__)
+            raise
         finally:
-            if self._container is not None:
-                self._container.close()
+            self._container.close()
             if getattr(self, "_audio_in", None) is not None:
                 self._audio_in.close()
-            self._discard()
+            # Renames the temporary file over the path on success, removes it on failure.
+            self._atomic.__exit__(*failure)
 
 
 def even_size(height: int, width: int) -> tuple[int, int]:

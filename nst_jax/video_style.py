@@ -111,14 +111,19 @@ def stylize_frame(prev_warped: Array | None, mask: Array | None, frame: Array, p
     return x, frame_objective(x, *args, config)
 
 
-@functools.lru_cache(maxsize=8)
 def frame_program(config: gatys.GatysConfig, first: bool):
     """The compiled :func:`stylize_frame` for ``config`` (cached; iterations and colour are not static).
 
     ``first=True``: ``(frame, params, targets, weights, iterations)``, started from ``config.init``;
     else ``(warped, mask, frame, params, targets, weights, temporal_weight, iterations)``.
     """
-    config = dataclasses.replace(config, iterations=0, color="none")
+    # Neither the iteration count nor the colour mode (applied outside) is part of the program.
+    return _frame_program(dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr",
+                                              color_transform="eig"), first)
+
+
+@functools.lru_cache(maxsize=8)
+def _frame_program(config: gatys.GatysConfig, first: bool):
     if first:
         return jax.jit(lambda frame, params, targets, weights, iterations: stylize_frame(
             None, None, frame, params, targets, weights, config, iterations=iterations))

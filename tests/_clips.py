@@ -61,7 +61,7 @@ def write_clip(path, frames, fps=Fraction(12), *, audio: bool = True, times=None
         v.height, v.width = frames[0].shape[:2]
         v.pix_fmt = "yuv420p"
         v.options = {"crf": "10"} if codec == "libx264" else {}
-        tb = Fraction(1, 1000)
+        tb = Fraction(1, 12000)  # holds 1/12 s and 1/100 s exactly
         v.codec_context.time_base = tb
         if rotation:
             v.set_display_rotation(rotation)
