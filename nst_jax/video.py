@@ -30,7 +30,7 @@ from nst_jax.errors import ConfigError, InputImageError, OutputPathError
 
 # Containers read by extension; anything else is probed only when asked (see :func:`is_video`).
 READ_EXTENSIONS: tuple[str, ...] = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg",
-                                    ".ts", ".gif")
+                                    ".ts")
 # extension -> (FFmpeg muxer, video encoder). H.264 in yuv420p plays everywhere; VP9 for WebM.
 WRITE_FORMATS: dict[str, tuple[str, str]] = {
     ".mp4": ("mp4", "libx264"),
@@ -74,6 +74,12 @@ class Frame:
     image: np.ndarray  # (H, W, 3) float32 in [0, 1], upright
     time: Fraction  # presentation time in seconds, as in the container (a folder's start at 0)
     index: int
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    """True for a path (not a folder) with a video container's extension (how the CLIs detect a clip)."""
+    path = Path(path)
+    return not path.is_dir() and path.suffix.lower() in READ_EXTENSIONS
 
 
 def is_video(path: str | os.PathLike) -> bool:

@@ -1,7 +1,8 @@
-"""Video halves of ``nst-gatys`` and ``nst-adain``: a clip (or a folder of frames) as ``--content``.
+"""Video halves of ``nst-gatys`` and ``nst-adain``: a clip as ``--content``.
 
-The commands detect a video by its extension or a folder (:func:`nst_jax.video.is_video`) and hand
-over here. Frames are read one at a time, stylized (:mod:`nst_jax.video_style`), and written as
+The commands detect a clip by its extension (:func:`nst_jax.video.is_video_file`; a folder stays a
+folder of still images for ``nst-adain``) and hand over here. An output without extension is a folder
+of numbered PNG frames. Frames are read one at a time, stylized (:mod:`nst_jax.video_style`), and written as
 they are done, with the input's timestamps and audio; a progress bar counts frames; Ctrl-C finishes
 the video written so far and exits 130.
 """
@@ -20,7 +21,7 @@ from nst_jax import cli, files, flow, video, video_style
 from nst_jax import image as imageio
 
 option = cli.option
-GROUP = ("video", "video (when --content is a clip or a folder of frames)")
+GROUP = ("video", "video (when --content is a clip: .mp4, .mov, .mkv, .webm, .avi, ...)")
 
 
 @dataclasses.dataclass(frozen=True)
