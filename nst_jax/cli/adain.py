@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from nst_jax import adain, cli, compile_cache, memory, weights
+from nst_jax import adain, cli, compile_cache, memory, video, weights
+from nst_jax.cli import video as cli_video
 from nst_jax import image as image_io
 from nst_jax.adain import ENCODER_LAYER, MIN_IMAGE_SIZE, AdainConfig, Params
 from nst_jax.errors import ConfigError, InputImageError, MemoryBudgetError, OutputPathError, normalized_weights
@@ -65,7 +66,8 @@ def build_parser() -> cli.ArgumentParser:
     return cli.build_parser(
         PROG, "Arbitrary style transfer with AdaIN (Huang & Belongie 2017): every content image is stylized "
               "with every style image in one forward pass.",
-        [(AdainOptions, ()), (AdainConfig, ())], groups=GROUPS)
+        [(AdainOptions, ()), (AdainConfig, ()), (cli_video.AdainVideoOptions, ())],
+        groups=GROUPS + (cli_video.GROUP,))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,8 +385,6 @@ def _main(argv: Sequence[str] | None, done: list[pathlib.Path]) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # before the first compile; the library itself never sets it
     config = cli.from_args(AdainConfig, args)
-    contents = (_expand([args.content], "content image") if args.content
-                else [image_io.default_content_path()])
     styles = _expand(args.style, "style image") if args.style else [image_io.default_style_path()]
     wts = args.style_interpolation_weights
     if wts is not None and args.mask is not None:
@@ -400,6 +400,13 @@ def _main(argv: Sequence[str] | None, done: list[pathlib.Path]) -> int:
             raise ConfigError(f"--mask needs exactly two style images (foreground, background), "
                               f"got {len(styles)}")
         mask = _load_mask(args.mask)
+    if args.content and video.is_video_file(args.content):
+        if mask is not None:
+            raise ConfigError("--mask cannot be used with a video --content; drop it")
+        vgg_params, decoder_params = _load_weights(args.vgg, args.decoder, not args.no_progress)
+        return cli_video.adain(args, config, vgg_params, decoder_params, styles, wts)
+    contents = (_expand([args.content], "content image") if args.content
+                else [image_io.default_content_path()])
     jobs, grid_dir = _plan(contents, styles, args.output, interpolation_weights=wts, mask=args.mask)
     _check_outputs(jobs, grid_dir, contents, styles, args.mask)
     show = not args.no_progress

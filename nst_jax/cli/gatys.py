@@ -23,7 +23,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from nst_jax import cli, compile_cache, files, gatys, guides, memory, multiscale, tiling, vgg
+from nst_jax import cli, compile_cache, files, gatys, guides, memory, multiscale, tiling, vgg, video
+from nst_jax.cli import video as cli_video
 from nst_jax import image as imageio
 from nst_jax import weights as weights_mod
 from nst_jax.errors import (
@@ -138,7 +139,8 @@ def build_parser() -> cli.ArgumentParser:
         "photo and its Gram matrices match a style painting, with the perceptual controls of Gatys et al. "
         "(2017): colour, space (per-region styles) and scale (coarse to fine). With no --content/--style the "
         "built-in example images are used.",
-        [(GatysOptions, ()), (GatysConfig, ("iterations",))], groups=GROUPS)
+        [(GatysOptions, ()), (GatysConfig, ("iterations",)), (cli_video.GatysVideoOptions, ())],
+        groups=GROUPS + (cli_video.GROUP,))
 
 
 class _Plan(NamedTuple):
@@ -409,6 +411,13 @@ def _main(argv=None) -> int:
     config = cli.from_args(GatysConfig, args, iterations=level_its[0])
     lw = gatys.loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights,
                             args.tv_weight)
+    if args.content and video.is_video_file(args.content):
+        unsupported = [f for f, v in (("--sizes/--multiscale", args.sizes or args.multiscale),
+                                      ("--content-mask", args.content_mask), ("--tile-size", args.tile_size),
+                                      ("--save-every", args.save_every), ("--init-image", args.init_image)) if v]
+        if unsupported:
+            raise ConfigError(f"{', '.join(unsupported)} cannot be used with a video --content; drop it")
+        return cli_video.gatys(args, config, lw, weights_mod.resolve_weights("vgg19", args.weights))
     runner = _runner(args, config)
     imageio.check_output_path(args.output, bits=args.bits)
     if args.metrics_json:
