@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nst_jax import adain, data, distributed, image, losses
+from nst_jax import adain, data, distributed, files, image, losses, memory
 from nst_jax.errors import ConfigError, InputImageError, MemoryBudgetError, OutputPathError
 
 Params = Mapping[str, Mapping[str, Any]]
@@ -56,18 +56,30 @@ _DATA_AXIS = "data"
 _MAX_MANIFEST_LINE = 1 << 16  # an entry is a few paths; anything longer is damage
 
 
+def _field(default: Any, help: str, group: str, **kw: Any) -> Any:  # noqa: A002 - argparse vocabulary
+    return dataclasses.field(default=default, metadata={"help": help, "group": group, **kw})
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """Settings of a dataset stylization (flag names of ``bethgelab/stylize-datasets``).
 
+    ``metadata`` describes each field as a flag of ``nst-stylize-dataset`` (:mod:`nst_jax.cli.dataset`).
+    Unlike ``--size`` of ``nst-adain`` and ``nst-gatys`` (an output HEIGHT), ``content_size`` and
+    ``style_size`` are SHORT SIDES, as in stylize-datasets, so its commands work unchanged.
+
     Attributes:
       content_dir: folder of content images (any depth; the output mirrors its tree).
+      content_tfds: a TFDS dataset ``NAME[/CONFIG][:SPLIT]`` (prepared as array_record) instead of
+        ``content_dir``; record ``i`` of split ``S`` is written as ``S/<i>.<ext>`` (``i`` zero-padded).
+      tfds_data_dir: TFDS ``data_dir`` holding the prepared dataset.
+      tfds_image_key: name of the image feature of the TFDS dataset.
       style_dir: folder of style images (any depth).
       output_dir: where the stylized tree, the manifest and the settings go.
       num_styles: stylized versions per content image, each with its own style.
       alpha: content-style trade-off in [0, 1] (AdaIN report eq. 11).
-      content_size: content short side in pixels; 0 keeps the original size.
-      style_size: style short side in pixels; 0 keeps the original size.
+      content_size: content SHORT SIDE in pixels; 0 keeps the original size.
+      style_size: style SHORT SIDE in pixels; 0 keeps the original size.
       extensions: file extensions (no dot, any case) taken from both folders.
       seed: decides the pairing (see :func:`style_index`).
       batch_size: images per compiled call on this process (rounded up to the local device count).
@@ -76,25 +88,43 @@ class DatasetConfig:
       preserve_color: recolour each style to its content's colours first (no style cache then).
       max_memory: GiB a batch may use (estimated); batches of large images are made smaller.
       overwrite: discard an earlier run's manifest and settings in ``output_dir`` and redo all.
-      num_threads: decoding threads (grain) of this process.
+      num_threads: decoding threads (grain) of this process; 0 decodes in the main thread.
     """
 
-    content_dir: str
-    style_dir: str
-    output_dir: str
-    num_styles: int = 1
-    alpha: float = 1.0
-    content_size: int = 0
-    style_size: int = 512
-    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
-    seed: int = 0
-    batch_size: int = 8
-    format: str = "same"
-    quality: int = 95
-    preserve_color: bool = False
-    max_memory: float | None = None
-    overwrite: bool = False
-    num_threads: int = 8
+    content_dir: str | None = _field(None, "folder of content images, any depth; the output mirrors its tree",
+                                     "data", metavar="DIR")
+    style_dir: str | None = _field(None, "folder of style images, any depth", "data", metavar="DIR",
+                                   required=True)
+    output_dir: str | None = _field(None, "output folder: the content tree with stylized images, "
+                                    f"{MANIFEST} and {SETTINGS}", "data",
+                                    metavar="DIR", short="-o", required=True)
+    content_tfds: str | None = _field(
+        None, "TFDS dataset NAME[/CONFIG][:SPLIT] (prepared as array_record) instead of --content-dir; "
+        "record I of split S is written as S/I.EXT (I zero-padded)", "data", metavar="NAME")
+    tfds_data_dir: str | None = _field(None, "TFDS data_dir holding the prepared dataset", "data",
+                                       metavar="DIR", default_help="TFDS's default")
+    tfds_image_key: str = _field("image", "name of the image feature of the TFDS dataset", "data", metavar="KEY")
+    extensions: tuple[str, ...] = _field(DEFAULT_EXTENSIONS, "file extensions taken from both folders",
+                                         "data", metavar="EXT")
+    format: str = _field("same", "output format; same keeps each content's", "data", choices=FORMATS)
+    quality: int = _field(95, "JPEG/WebP quality, 1-100", "data", min=">0", metavar="Q")
+    overwrite: bool = _field(False, "redo everything: forget the run found in --output-dir", "data")
+    num_styles: int = _field(1, "stylized versions per content image, each with its own style; with N > 1 "
+                             "files get a _K suffix", "style", min=">0", metavar="N")
+    alpha: float = _field(1.0, "content-style trade-off, 0 (content) to 1 (style)", "style", metavar="A")
+    content_size: int = _field(0, "content SHORT SIDE in pixels, aspect kept, 0 = original (as "
+                               "stylize-datasets; not a height like --size of nst-adain)", "style", min=">=0",
+                               metavar="PX")
+    style_size: int = _field(512, "style SHORT SIDE in pixels, 0 = original (as stylize-datasets)", "style",
+                             min=">=0", metavar="PX")
+    seed: int = _field(0, "decides which style goes with which content (and nothing else)", "style", metavar="SEED")
+    preserve_color: bool = _field(False, "keep each content's colours by recolouring its style first", "style")
+    batch_size: int = _field(8, "images of one size per compiled call on each process (rounded up to a "
+                             "multiple of the local device count)", "performance", min=">0", metavar="N")
+    max_memory: float | None = _field(None, "GiB one device may use for a batch; larger images get smaller "
+                                      "batches", "performance", min=">0", default_help="no limit", metavar="GIB")
+    num_threads: int = _field(8, "decoding threads of each process; 0 decodes in the main thread",
+                              "performance", flag="--threads", min=">=0", metavar="N")
 
 
 def check_config(config: DatasetConfig) -> None:
@@ -114,6 +144,12 @@ def check_config(config: DatasetConfig) -> None:
         raise ConfigError(f"--quality must be between 1 and 100, got {config.quality}")
     if not config.extensions:
         raise ConfigError("--extensions is empty; give e.g. jpg,jpeg,png")
+    if (config.content_dir is None) == (config.content_tfds is None):
+        raise ConfigError("pass exactly one of --content-dir DIR and --content-tfds NAME")
+    if config.style_dir is None or config.output_dir is None:
+        raise ConfigError("--style-dir and --output-dir are required")
+    if config.num_threads < 0:
+        raise ConfigError(f"--threads must be >= 0, got {config.num_threads}")
     if config.max_memory is not None and not config.max_memory > 0:
         raise ConfigError(f"--max-memory must be > 0 GiB, got {config.max_memory}")
 
@@ -138,10 +174,10 @@ def list_files(root: str | os.PathLike, extensions: Iterable[str], what: str) ->
         raise InputImageError(f"{what} path is not a folder: {root}; pass the folder that holds the images")
     exts = {"." + e.lower().lstrip(".") for e in extensions}
     found = []
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, names in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         rel = Path(folder).relative_to(root)
-        found += [(rel / f).as_posix() for f in files
+        found += [(rel / f).as_posix() for f in names
                   if not f.startswith(".") and Path(f).suffix.lower() in exts]
     if not found:
         raise InputImageError(f"no {'/'.join(sorted(e[1:] for e in exts))} files in the {what} folder {root}; "
@@ -223,6 +259,8 @@ def check_folders(config: DatasetConfig) -> None:
     """
     out = Path(config.output_dir).resolve()
     for flag, folder in (("--content-dir", config.content_dir), ("--style-dir", config.style_dir)):
+        if folder is None:
+            continue
         src = Path(folder).resolve()
         if _inside(src, out) or _inside(out, src):
             raise OutputPathError(f"{flag} {folder} and --output-dir {config.output_dir} overlap: outputs would "
@@ -325,10 +363,15 @@ def merge_manifests(output_dir: Path) -> int:
     """
     merged = finished(output_dir)
     text = "".join(json.dumps(merged[k], sort_keys=True) + "\n" for k in sorted(merged))
-    image.atomic_write(output_dir / MANIFEST, text)
+    files.atomic_write_text(output_dir / MANIFEST, text)
     for part in output_dir.glob(_PART_GLOB):
         part.unlink()
     return len(merged)
+
+
+def _same_task(entry: dict | None, task: Task) -> bool:
+    return entry is not None and (entry.get("content"), entry.get("style"), entry.get("k")) == \
+        (task.content, task.style, task.k)
 
 
 def _clear(output_dir: Path) -> None:
@@ -381,7 +424,7 @@ def batch_size_for(hw: tuple[int, int], config: DatasetConfig, vgg_params: Param
     batch = config.batch_size
     if config.max_memory is not None:
         budget = config.max_memory * 2**30 * num_devices
-        one = adain.estimate_memory_bytes(hw, [], vgg_params, decoder_params)
+        one = memory.adain_bytes(hw, [], vgg_params, decoder_params)
         if one > config.max_memory * 2**30:
             raise MemoryBudgetError(f"one {hw[1]}x{hw[0]} px image needs about {one / 2**30:.2f} GiB, more "
                                     f"than --max-memory {config.max_memory:g}; lower --content-size")
@@ -399,15 +442,65 @@ class _DecodedContent(NamedTuple):
     error: str
 
 
+class FolderReader:
+    """Reads content ``i`` of a folder: the bytes of ``root / names[i]``. Picklable."""
+
+    def __init__(self, root: str, names: Sequence[str]):
+        self.root = root
+        self.names = tuple(names)
+
+    def __call__(self, i: int) -> bytes:
+        return (Path(self.root) / self.names[i]).read_bytes()
+
+
+class TfdsReader:
+    """Reads content ``i`` of a TFDS split: the image feature of record ``i``, not decoded."""
+
+    def __init__(self, source: data.TfdsImageSource):
+        self.source = source
+
+    def __call__(self, i: int) -> bytes | np.ndarray:
+        return self.source.record(i)
+
+
+_TFDS_EXTENSIONS = {"jpeg": ".jpg", "jpg": ".jpg", "png": ".png"}
+
+
+def tfds_names(split: str, count: int, encoding_format: str | None) -> tuple[str, ...]:
+    """Relative names of the records of a TFDS split: ``<split>/<index>.<ext>``, index zero-padded.
+
+    The padding makes the sorted names the record order; the extension follows the feature's
+    encoding (``.png`` when the images are stored as arrays), so ``--format same`` keeps it.
+    """
+    width = len(str(max(count - 1, 0)))
+    ext = _TFDS_EXTENSIONS.get((encoding_format or "").lower(), ".png")
+    folder = split.replace("/", "_").replace("[", "(").replace("]", ")")
+    return tuple(f"{folder}/{i:0{width}d}{ext}" for i in range(count))
+
+
+def open_contents(config: DatasetConfig) -> tuple[tuple[str, ...], Callable[[int], bytes | np.ndarray]]:
+    """The content names (sorted; they key the pairing and the outputs) and a reader of content ``i``.
+
+    Raises:
+      InputImageError: the content folder is missing or empty, or the TFDS split is empty.
+      ConfigError: the TFDS dataset cannot be opened (see :class:`nst_jax.data.TfdsImageSource`).
+    """
+    if config.content_tfds is None:
+        names = list_files(config.content_dir, config.extensions, "content")
+        return names, FolderReader(config.content_dir, names)
+    source = data.TfdsImageSource(config.content_tfds, config.content_size, 0, data_dir=config.tfds_data_dir,
+                                  image_key=config.tfds_image_key)
+    return tfds_names(source.split, len(source), source.encoding_format), TfdsReader(source)
+
+
 class ContentSource:
     """Random-access source for grain: item ``j`` is content ``indices[j]`` decoded and resized.
 
-    Failures are returned, not raised, so one bad file never stops the run. Picklable.
+    Failures are returned, not raised, so one bad file never stops the run.
     """
 
-    def __init__(self, root: str, files: Sequence[str], indices: Sequence[int], content_size: int):
-        self.root = root
-        self.files = tuple(files)
+    def __init__(self, read: Callable[[int], bytes | np.ndarray], indices: Sequence[int], content_size: int):
+        self.read = read
         self.indices = tuple(indices)
         self.content_size = content_size
 
@@ -418,8 +511,7 @@ class ContentSource:
         i = self.indices[j]
         empty = np.zeros((0, 0, 3), np.uint8)
         try:
-            raw = (Path(self.root) / self.files[i]).read_bytes()
-            pixels = data.decode_and_fit(raw, self.content_size, 0)
+            pixels = data.decode_and_fit(self.read(i), self.content_size, 0)
         except data._DECODE_ERRORS as err:  # noqa: SLF001 - the pipeline's shared list of decode failures
             why = "not an image of a readable format" if "BytesIO" in str(err) else _one_line(err)
             return _DecodedContent(i, empty, f"unreadable ({why})")
@@ -543,7 +635,7 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
     check_config(config)
     adain.check_compatible(vgg_params, decoder_params)
     check_folders(config)
-    contents = list_files(config.content_dir, config.extensions, "content")
+    contents, read = open_contents(config)
     styles = list_files(config.style_dir, config.extensions, "style")
     tasks = plan(contents, styles, num_styles=config.num_styles, seed=config.seed, fmt=config.format)
     current = settings(config, styles, vgg_params, decoder_params)
@@ -562,7 +654,7 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
     except OSError as err:
         raise OutputPathError(f"cannot create --output-dir {out} ({err.strerror or err}); choose another") from None
     if info.is_main:
-        image.atomic_write(out / SETTINGS, json.dumps(current, indent=1, sort_keys=True) + "\n")
+        files.atomic_write_text(out / SETTINGS, json.dumps(current, indent=1, sort_keys=True) + "\n")
 
     done = {} if config.overwrite else finished(out)
     mine = share(len(contents), info)
@@ -570,7 +662,9 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
     stats = Progress()
     for i in mine:
         stats.total += len(tasks[i])
-        left = [t for t in tasks[i] if t.output not in done]
+        # An output counts as finished only for the same pair: another content folder (or TFDS
+        # split) written into this folder earlier is redone, not mistaken for this run's image.
+        left = [t for t in tasks[i] if not _same_task(done.get(t.output), t)]
         stats.skipped += len(tasks[i]) - len(left)
         if left:
             todo[i] = left
@@ -647,7 +741,7 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
     cap = max(4 * config.batch_size, 64)
     held = 0
     order = sorted(todo)
-    source = ContentSource(config.content_dir, contents, order, config.content_size)
+    source = ContentSource(read, order, config.content_size)
     stream = decoded(source, config.num_threads)
     try:
         t_decode = time.perf_counter()
@@ -697,8 +791,15 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
 
 
 __all__ = [
-    "DEFAULT_EXTENSIONS", "FORMATS", "MANIFEST", "SETTINGS", "ContentSource", "DatasetConfig", "Progress",
-    "Summary", "Task", "batch_size_for", "check_config", "check_folders", "check_settings", "decoded",
-    "finished", "list_files", "load_style", "merge_manifests", "output_name", "params_digest", "plan",
-    "read_manifest", "run", "settings", "share", "style_index",
+    "DEFAULT_EXTENSIONS", "FORMATS", "MANIFEST", "SETTINGS", "ContentSource", "DatasetConfig", "FolderReader",
+    "Progress", "Summary", "Task", "TfdsReader", "batch_size_for", "check_config", "check_folders",
+    "check_settings", "decoded", "finished", "list_files", "load_style", "merge_manifests", "open_contents",
+    "output_name", "params_digest", "plan", "read_manifest", "run", "settings", "share", "style_index",
+    "tfds_names",
 ]
+
+
+if __name__ == "__main__":
+    from nst_jax.cli.dataset import console
+
+    console()

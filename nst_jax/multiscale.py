@@ -9,7 +9,8 @@ detail, which also suppresses the low-level noise of single-scale synthesis at h
 :func:`run_multiscale` is host-side (it resizes NumPy images with :func:`nst_jax.image.resize`) and
 drives any runner with the contract of :func:`nst_jax.gatys.run` (e.g. ``nst_jax.tiling.run_tiled``
 with its ``tile_size`` bound), so tiling applies at every level. Colour control is applied here, per
-level, around the runner (:func:`nst_jax.gatys.prepare_inputs`, :func:`~nst_jax.gatys.finish_output`).
+level, around the runner (:func:`nst_jax.gatys.prepare_inputs` before it, the driver's
+:func:`~nst_jax.driver.finisher` after it), so any runner gets it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from nst_jax import gatys, guides
+from nst_jax import driver, gatys, guides
 from nst_jax import image as imageio
 from nst_jax.errors import ConfigError, NonFiniteLossError
 
@@ -31,7 +32,7 @@ LATER_LEVEL_ITERATIONS = 100
 # --multiscale halves the output size down to about this many pixels (height).
 SMALLEST_AUTO_SIZE = 256
 
-Runner = Callable[..., gatys.RunResult]
+Runner = Callable[..., driver.RunResult]
 
 
 def auto_sizes(size: int, smallest: int | None = None) -> tuple[int, ...]:
@@ -102,7 +103,7 @@ class Level:
 
 @dataclasses.dataclass
 class MultiscaleResult:
-    result: gatys.RunResult  # the last level run (its image is the output)
+    result: driver.RunResult  # the last level run (its image is the output)
     levels: list[Level]
 
     @property
@@ -130,8 +131,9 @@ def run_multiscale(
     content_masks: np.ndarray | None = None,
     style_masks: Sequence[np.ndarray | None] | None = None,
     chunk: int = 10,
-    callback: Callable[[int, gatys.Progress, Callable[[], np.ndarray]], None] | None = None,
+    callback: Callable[[int, driver.Progress, Callable[[], np.ndarray]], None] | None = None,
     runner: Runner = gatys.run,
+    snapshot_every: int = 0,
 ) -> MultiscaleResult:
     """Stylizes from coarse to fine, each level starting from the previous one's result.
 
@@ -155,6 +157,7 @@ def run_multiscale(
       callback: ``callback(level_index, progress, get_image)`` after every chunk of every level;
         ``progress.iteration`` counts within the level.
       runner: :func:`nst_jax.gatys.run` or a function with its contract (e.g. tiled).
+      snapshot_every: passed to the runner: the callback also sees every multiple of it (per level).
 
     Returns:
       :class:`MultiscaleResult`; its ``result.image`` has the last level's size. On Ctrl-C the
@@ -176,7 +179,7 @@ def run_multiscale(
     plain = dataclasses.replace(config, color="none")
     levels: list[Level] = []
     previous: np.ndarray | None = None
-    result: gatys.RunResult | None = None
+    result: driver.RunResult | None = None
     for index, (size, n) in enumerate(zip(sizes, its)):
         t0 = time.perf_counter()
         level_content = _resize_to(content, size)
@@ -198,10 +201,7 @@ def run_multiscale(
         original = level_content[None]
         prep_content, prep_styles, start = gatys.prepare_inputs(original, level_styles, config, start)
 
-        def finish(image: np.ndarray, original=original) -> np.ndarray:
-            if config.color == "none":
-                return np.clip(image, 0.0, 1.0)
-            return np.asarray(gatys.finish_output(image[None], original, config))[0]
+        finish = driver.finisher(original, color=config.color, color_space=config.color_space)
 
         level_callback = None
         if callback is not None:
@@ -211,7 +211,7 @@ def run_multiscale(
         try:
             result = runner(params, prep_content, prep_styles, level_config, weights,
                             key=key, init=start, blend_weights=blend_weights,
-                            chunk=chunk, callback=level_callback,
+                            chunk=chunk, callback=level_callback, snapshot_every=snapshot_every,
                             **_mask_kwargs(level_masks, level_style_masks))
         except NonFiniteLossError as err:
             err.image = finish(err.image)

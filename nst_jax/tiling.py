@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -53,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from nst_jax import gatys, losses, vgg
-from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, normalized_weights
+from nst_jax import driver, gatys, losses, vgg
+from nst_jax.errors import ConfigError, InputImageError, normalized_weights
 
 Array = jax.Array
 
@@ -367,7 +366,7 @@ def _channels(params, layer: str) -> int:
 
 
 class _Statistics(NamedTuple):
-    terms: dict[str, Array]  # total, content, style, tv (unweighted parts, as gatys.loss_terms)
+    terms: dict[str, Array]  # as gatys.loss_terms: raw and weighted parts, total
     dgram: dict[str, Array]  # dL/dG_l per style layer
 
 
@@ -386,9 +385,7 @@ def _statistics(image, params, targets, weights, config, grid, offset) -> _Stati
         d = weights.style * weights.style_layers[k] * diff / (2.0 * c * c)
         dgram[n] = 0.5 * (d + jnp.swapaxes(d, -1, -2))
     style = jnp.sum(weights.style_layers * jnp.stack(per_layer))
-    tv = losses.tv_loss(image)
-    total = weights.content * content + weights.style * style + weights.tv * tv
-    return _Statistics({"total": total, "content": content, "style": style, "tv": tv}, dgram)
+    return _Statistics(gatys.weighted_terms(content, style, losses.tv_loss(image), weights), dgram)
 
 
 def _image_grad(image, params, targets, weights, config, grid, offset, dgram) -> Array:
@@ -436,7 +433,7 @@ def tiled_objective(config: gatys.GatysConfig, grid: TileGrid) -> Callable[..., 
     """The total loss ``fun(image, params, targets, weights, offset)`` of eq. 4, computed by tiles.
 
     Its gradient (``jax.grad`` or ``jax.value_and_grad`` with respect to ``image``) is the two-pass
-    tiled gradient, through a ``jax.custom_vjp``; so every solver of :func:`nst_jax.gatys.make_solver`
+    tiled gradient, through a ``jax.custom_vjp``; so every solver of :func:`nst_jax.solvers.make_solver`
     takes it unchanged. Evaluating the value alone runs only the forward pass over the tiles.
     Parameters, targets, weights and the offset get no gradient.
 
@@ -496,7 +493,7 @@ def tiled_value_and_grad(
 
 
 def tiled_loss_terms(image, params, targets, weights, config, grid: TileGrid) -> dict[str, Array]:
-    """Like :func:`nst_jax.gatys.loss_terms` (total and unweighted parts), computed by tiles."""
+    """Like :func:`nst_jax.gatys.loss_terms` (raw and weighted parts, total), computed by tiles."""
     return _statistics(image, params, targets, weights, config, grid, jnp.zeros(2, jnp.int32)).terms
 
 
@@ -588,41 +585,20 @@ def tiled_targets(
 
 
 # ----------------------------------------------------------------------------------------------
-# Host-side driver, the tiled twin of gatys.run.
+# Host-side run through the one driver (nst_jax.driver), as gatys.run.
 
 
-class _Program(NamedTuple):
-    init: Callable
-    run_chunk: Callable
-    terms: Callable
-    value: Callable
+def _build_program(config: gatys.GatysConfig, grid: TileGrid, chunk: int) -> driver.Program:
+    solver = gatys.solver_for(tiled_objective(config, grid), config)
 
+    def extra(shift_key, step):
+        # The init evaluates on the unshifted grid; iteration k on grid_offset(k).
+        return (jnp.zeros(2, jnp.int32),) if step is None else (grid_offset(grid, shift_key, step),)
 
-@functools.lru_cache(maxsize=16)
-def _program(config: gatys.GatysConfig, grid: TileGrid, chunk: int) -> _Program:
-    fun = tiled_objective(config, grid)
-    solver = gatys.make_solver(fun, config)
-
-    @jax.jit
-    def init(x0, params, targets, weights):
-        return solver.init(x0, params, targets, weights, jnp.zeros(2, jnp.int32))
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def run_chunk(x, state, params, targets, weights, shift_key, start, n):
-        def body(i, carry):
-            x, state, values = carry
-            offset = grid_offset(grid, shift_key, start + i)
-            x, state = solver.update(x, state, params, targets, weights, offset)
-            return x, state, values.at[i].set(solver.value(state))
-
-        values = jnp.full((chunk,), jnp.nan, jnp.float32)
-        return lax.fori_loop(0, n, body, (x, state, values))
-
-    @jax.jit
     def terms(x, params, targets, weights):
         return tiled_loss_terms(x, params, targets, weights, config, grid)
 
-    return _Program(init, run_chunk, terms, solver.value)
+    return driver.build_program(solver, terms, chunk, extra)
 
 
 def run_tiled(
@@ -639,24 +615,25 @@ def run_tiled(
     init: Array | None = None,
     blend_weights: Sequence[float] | None = None,
     chunk: int = 10,
-    callback: Callable[[gatys.Progress, Callable[[], np.ndarray]], None] | None = None,
-) -> gatys.RunResult:
+    callback: Callable[[driver.Progress, Callable[[], np.ndarray]], None] | None = None,
+    snapshot_every: int = 0,
+) -> driver.RunResult:
     """Runs :func:`nst_jax.gatys.run`'s optimization with VGG seeing one tile at a time.
 
-    Same contract as :func:`nst_jax.gatys.run` (colour control, chunks, ``callback(progress,
-    get_image)``, Ctrl-C returns the image so far with ``interrupted=True``,
-    :class:`NonFiniteLossError` on a non-finite loss) and, with the default exact halo, the same
-    iterates up to float rounding. Spatial control (guided Gram matrices) is not tiled. The solver works
-    on the whole image; only VGG is tiled. Targets are computed by :func:`tiled_targets` with an
-    exact halo. The grid offset of iteration ``k`` is :func:`grid_offset` of a key folded from
-    ``key``, so runs are reproducible.
+    Same contract as :func:`nst_jax.gatys.run` (colour control, chunks cut at every multiple of
+    ``snapshot_every``, ``callback(progress, get_image)``, Ctrl-C returns the image so far with
+    ``interrupted=True``, :class:`NonFiniteLossError` on a non-finite loss) and, with the default
+    exact halo, the same iterates up to float rounding. Spatial control (guided Gram matrices) is not
+    tiled. The solver works on the whole image; only VGG is tiled. Targets are computed by
+    :func:`tiled_targets` with an exact halo. The grid offset of iteration ``k`` is
+    :func:`grid_offset` of a key folded from ``key``, so runs are reproducible.
 
     Args:
       tile_size, halo, shift: see :func:`tile_grid`.
       Other arguments: as for :func:`nst_jax.gatys.run`.
 
     Returns:
-      :class:`nst_jax.gatys.RunResult`; its ``terms`` are computed by tiles too.
+      :class:`nst_jax.driver.RunResult`; its ``terms`` are computed by tiles too.
     """
     if weights is None:
         weights = gatys.loss_weights(config)
@@ -666,49 +643,10 @@ def run_tiled(
     _check_image(original, "content")
     grid = tile_grid(original.shape, config.layers, tile_size, halo, shift)
     content, style, init = gatys.prepare_inputs(original, style, config, init)
-
-    def finish(image: np.ndarray) -> np.ndarray:
-        if config.color == "none":
-            return np.clip(image, 0.0, 1.0)
-        return np.asarray(jax.device_get(gatys.finish_output(jnp.asarray(image)[None], original, config)))[0]
-
     targets = tiled_targets(params, content, style, config, tile_size=tile_size, blend_weights=blend_weights)
-    shift_key = jax.random.fold_in(key, 1)
     x = gatys.initial_image(content, config, key, init)
-    # The iteration count is not part of the compiled step (one program serves any count).
-    prog = _program(dataclasses.replace(config, iterations=0), grid, chunk)
-    # The chunk loop returns strongly typed leaves; strip weak types from the initial state now
-    # (optax keeps some) so the second chunk does not recompile.
-    state = jax.tree.map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a,
-                         prog.init(x, params, targets, weights))
-    curve = [float(jax.device_get(prog.value(state)))]
-    timings: list[tuple[int, float]] = []
-    last_good = np.asarray(jax.device_get(x))[0]
-    done, interrupted = 0, False
-    try:
-        while done < config.iterations:
-            n = min(chunk, config.iterations - done)
-            t0 = time.perf_counter()
-            x, state, values = prog.run_chunk(x, state, params, targets, weights, shift_key, done, n)
-            values = np.asarray(jax.device_get(values), np.float64)[:n]
-            dt = time.perf_counter() - t0
-            if not np.all(np.isfinite(values)):
-                bad = done + 1 + int(np.argmin(np.isfinite(values)))
-                err = NonFiniteLossError(
-                    f"loss became non-finite between iteration {done} and {bad}; the image of iteration "
-                    f"{done} was kept; lower --learning-rate or the loss weights, or use --optimizer lbfgs"
-                )
-                err.image = finish(last_good)
-                err.iteration = done
-                raise err
-            done += n
-            curve.extend(values.tolist())
-            timings.append((n, dt))
-            last_good = np.asarray(jax.device_get(x))[0]
-            if callback is not None:
-                callback(gatys.Progress(done, float(values[-1]), dt), lambda img=last_good: finish(img))
-    except KeyboardInterrupt:
-        interrupted = True
-    final_terms = prog.terms(jnp.asarray(last_good)[None], params, targets, weights)
-    terms = {k: float(v) for k, v in jax.device_get(final_terms).items()}
-    return gatys.RunResult(finish(last_good), curve, terms, done, timings, interrupted)
+    prog = driver.program(driver.program_key(config, "tiled", grid, chunk),
+                          lambda c: _build_program(c, grid, chunk))
+    return driver.drive(prog, x, (params, targets, weights), iterations=config.iterations, chunk=chunk,
+                        aux=jax.random.fold_in(key, 1), snapshot_every=snapshot_every, callback=callback,
+                        finish=driver.finisher(original, color=config.color, color_space=config.color_space))

@@ -43,6 +43,12 @@ does the port (``TrainConfig.adam_b2 = 0.999`` matches both). The learning rate 
 (the report's ReduceLROnPlateau) by default; ``lr_schedule="inverse"`` is the official
 lr / (1 + 5e-5·t), t = number of previous updates.
 
+The model. The decoder is the Flax NNX module :class:`nst_jax.adain.Decoder`; the state splits
+it (``nnx.split``) into its static graph and its parameters, and the parameters (a pure-dict
+``nnx.State``) are the pytree the step differentiates and Adam (optax) updates; the step rebuilds
+the module with ``nnx.merge`` while tracing. Inference (:func:`nst_jax.adain.decode`) runs the same
+module on the same tree.
+
 Parallelism and state. One jitted, pure :func:`train_step` runs on a 1-D ``Mesh`` over all devices
 ("data"): the batch is sharded along it, the decoder and optimizer state are replicated, and XLA
 inserts the gradient all-reduce, so a step on D devices computes the same update as on one. The state
@@ -81,9 +87,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -94,10 +98,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nst_jax import adain, data, losses, plot, vgg, weights
+from nst_jax import adain, data, files, losses, plot, vgg, weights
 from nst_jax.errors import (
     ConfigError,
     DeviceCountError,
@@ -278,9 +283,12 @@ def adain_targets(encoder_params: Params, content: Array, style: Array) -> tuple
 def output_features(decoder_params: Params, encoder_params: Params, t: Array) -> dict[str, Array]:
     """φ_i(g(t)) at :data:`STYLE_LAYERS` (relu4_1 doubles as f(g(t)) for the content loss).
 
-    The decoder output is not clipped, as in both reference implementations.
+    g is the :class:`nst_jax.adain.Decoder` module rebuilt from its static graph and the params
+    (``nnx.merge``; free at run time, it happens while tracing). Its output is not clipped, as in
+    both reference implementations.
     """
-    return adain.encode(encoder_params, adain.decode(decoder_params, t), STYLE_LAYERS)
+    decoder = adain.Decoder.merge(decoder_params)
+    return adain.encode(encoder_params, decoder(t), STYLE_LAYERS)
 
 
 def loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
@@ -327,7 +335,13 @@ def loss_fn(decoder_params: Params, encoder_params: Params, batch: Mapping[str, 
 
 
 class TrainState(NamedTuple):
-    """Everything a checkpoint holds: steps done, decoder params, optimizer state."""
+    """Everything a checkpoint holds: steps done, decoder params, optimizer state.
+
+    ``params`` is the trainable half of ``nnx.split(adain.Decoder(widths))`` as a pure dict
+    (``{"dec4_1": {"kernel", "bias"}, ...}``); the static half, the graph, follows from the widths
+    (``adain.Decoder.graphdef``). The pure dict is the layout of the checkpoints, of ``decoder.npz``
+    and of :func:`nst_jax.adain.decode`'s params, so all three read the same tree.
+    """
 
     step: Array
     params: Params
@@ -405,8 +419,9 @@ def current_lr(spec: OptimizerSpec, hyper: Hyper, step: Array, opt_state: optax.
 
 
 def init_state(key: Array, widths: tuple[int, int, int, int], spec: OptimizerSpec) -> TrainState:
-    """Fresh state: random decoder (``adain.init_decoder``) and zeroed optimizer state."""
-    params = adain.init_decoder(key, widths)
+    """Fresh state: a new :class:`nst_jax.adain.Decoder` split into graph and params, zeroed optimizer state."""
+    _, state = nnx.split(adain.Decoder(widths, rngs=nnx.Rngs(params=key)), nnx.Param)
+    params = nnx.to_pure_dict(state)
     return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(spec).init(params))
 
 
@@ -515,17 +530,6 @@ def make_source(config: TrainConfig, which: str) -> tuple[Any, int]:
         return data.ImageFolderSource(scan.files, config.load_size, config.crop), len(scan.skipped)
     return data.TfdsImageSource(tfds, config.load_size, config.crop, data_dir=config.tfds_data_dir,
                                 image_key=config.tfds_image_key), 0
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # A metrics record is about 250 bytes; a longer line is not one the trainer wrote.
@@ -715,8 +719,7 @@ def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainS
             dest = workdir / CORRUPT_DIR / str(bad)
             if jax.process_index() == 0:
                 dest.parent.mkdir(exist_ok=True)
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.move(str(workdir / CHECKPOINT_DIR / str(bad)), dest)
+                files.move_aside(workdir / CHECKPOINT_DIR / str(bad), dest)
             warnings.append(f"checkpoint at step {bad} is unreadable ({why}); moved it to {dest} and "
                             f"resumed from step {step}")
         if failed:
@@ -815,7 +818,7 @@ def _write_config(workdir: Path, config: TrainConfig, mesh: Mesh, start_step: in
     record.update(style_weight_used=config.effective_style_weight, num_devices=mesh.size,
                   num_processes=jax.process_count(), jax_version=jax.__version__, resumed_from_step=start_step,
                   skipped_unreadable_files=dict(skipped))
-    _atomic_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    files.atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | None]:
@@ -838,12 +841,12 @@ def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | Non
         while backup.exists():
             n += 1
             backup = path.with_name(f"{path.name}.damaged.{n}")
-        os.replace(path, backup)
+        files.atomic_write_bytes(backup, path.read_bytes())  # the new log is then written over path
         warning = (f"{path} had {bad} damaged line(s) (not UTF-8 JSON records); kept it as {backup} and "
                    f"continued with its {len(records)} readable record(s)")
         logger.warning("%s", warning)
     if path.exists() or bad:
-        _atomic_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        files.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records, warning
 
 

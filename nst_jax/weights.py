@@ -29,19 +29,17 @@ import http.client
 import os
 import math
 import re
-import secrets
 import stat
 import urllib.error
 import urllib.request
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from nst_jax import _pth, vgg
+from nst_jax import _pth, decoder_layers, files, vgg
 from nst_jax._pth import RestrictedUnpickler, read_state_dict
 from nst_jax.errors import (
     ChecksumError,
@@ -52,7 +50,7 @@ from nst_jax.errors import (
 )
 
 __all__ = [
-    "ADAIN_DECODER_INDEX", "ADAIN_DECODER_LAYERS", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
+    "ADAIN_DECODER_INDEX", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
     "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "check_writable", "converted_path", "fetch",
     "hash_prefix_from_url", "load", "load_adain_decoder", "load_adain_vgg", "load_params",
     "load_vgg19", "read_state_dict", "resolve_weights", "save_adain_decoder", "save_params",
@@ -74,11 +72,8 @@ ADAIN_VGG_INDEX: dict[str, int] = {
 }
 ADAIN_VGG_LAST_MODULE = 30
 
-# pytorch-AdaIN ``net.py`` ``decoder``, in forward order (it mirrors the encoder from relu4_1).
-ADAIN_DECODER_LAYERS: tuple[str, ...] = (
-    "dec4_1", "dec3_4", "dec3_3", "dec3_2", "dec3_1", "dec2_2", "dec2_1", "dec1_2", "dec1_1",
-)
-ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(ADAIN_DECODER_LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
+# pytorch-AdaIN ``net.py`` ``decoder`` Sequential index of each conv (names: the decoder's own table).
+ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(decoder_layers.LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
 
 _LEAVES = {"weight": "kernel", "bias": "bias"}  # torch parameter name -> Flax leaf name
 _KIND_KEY = "__kind__"
@@ -144,7 +139,7 @@ _LAYOUTS: dict[str, _Layout] = {
     "adain_decoder": _Layout(
         kind="adain_decoder", what="AdaIN decoder",
         index=ADAIN_DECODER_INDEX,
-        channels=_chain(ADAIN_DECODER_LAYERS, (256, 256, 256, 256, 128, 128, 64, 64, 3), 512),
+        channels=dict(zip(decoder_layers.LAYERS, decoder_layers.layer_channels())),
         kernel={n: 3 for n in ADAIN_DECODER_INDEX}, in_channels=None, out_channels=3,
         flag="--decoder", loader="load_adain_decoder",
         hint="is this AdaIN's decoder.pth? for the encoder use --vgg / load_adain_vgg",
@@ -509,7 +504,7 @@ def load_adain_vgg(path: str | os.PathLike) -> Params:
 
 
 def load_adain_decoder(path: str | os.PathLike) -> Params:
-    """Loads AdaIN's ``decoder.pth`` as :data:`ADAIN_DECODER_LAYERS` params, or an npz.
+    """Loads AdaIN's ``decoder.pth`` as :data:`nst_jax.adain.DECODER_LAYERS` params, or an npz.
 
     See :func:`load` for the return value and errors.
     """
@@ -550,16 +545,6 @@ def _write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _create_temp(folder: Path, name: str, suffix: str) -> tuple[int, Path]:
-    """Creates a new hidden file next to ``folder/name``; unlike mkstemp (0600) it gets the umask's mode."""
-    while True:
-        tmp = folder / f".{name}.{secrets.token_hex(6)}{suffix}"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-
-
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; give a file name ending in .npz")
@@ -568,15 +553,6 @@ def _check_target(path: Path) -> None:
     if not path.parent.is_dir():
         raise OutputPathError(f"cannot write {path}: {path.parent} is a file, not a folder; choose "
                               "another output path")
-
-
-def _temp_in(path: Path) -> tuple[int, Path]:
-    try:
-        return _create_temp(path.parent, path.name, ".tmp")
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write in {path.parent}: {err.strerror or err}; choose a writable folder"
-        ) from None
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -593,28 +569,13 @@ def check_writable(path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser()
     _check_target(path)
-    fd, tmp = _temp_in(path)
-    os.close(fd)
-    tmp.unlink(missing_ok=True)
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Writes via a temp file in the same folder and os.replace, so readers never see a partial file."""
-    _check_target(path)
-    fd, tmp = _temp_in(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.probe_write(path)
     except OSError as err:
         raise OutputPathError(
-            f"cannot write {path}: {err.strerror or err}; check free space and permissions"
+            f"cannot write in {path.parent}: {err.strerror or err}; choose a writable folder"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
 
 
 def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, *,
@@ -651,12 +612,14 @@ def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.P
             raise _key_error("params to save", layout, missing, unexpected, shapes, npz=True)
         _check_shapes("params to save", layout, found, shapes, hwio=True)
         flat[_KIND_KEY] = np.array(kind)
-    _atomic_write(path, lambda f: _write_npz(f, flat))
+    _check_target(path)
+    with files.atomic_write(path) as f:
+        _write_npz(f, flat)
     return path
 
 
 def save_adain_decoder(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
-    """Saves AdaIN decoder params (names :data:`ADAIN_DECODER_LAYERS`) as an npz; see :func:`save_params`."""
+    """Saves AdaIN decoder params (names :data:`nst_jax.adain.DECODER_LAYERS`) as an npz; see :func:`save_params`."""
     return save_params(params, path, kind="adain_decoder")
 
 
@@ -840,15 +803,15 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
         if expected is None or _file_sha256(dest).startswith(expected.lower()):
             return dest
     try:
-        fd, tmp = _create_temp(folder, spec.filename, ".part")
+        files.probe_write(dest)
     except OSError as err:
         raise DownloadError(
             f"cannot write in the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
             f"writable folder or pass {spec.flag} PATH"
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _stream(spec, out, progress, opener)
+    # The file appears under its name only once complete and verified (a mismatch raises inside).
+    with files.atomic_write(dest) as out:
+        digest = _stream(spec, out, progress, opener)
         if expected is not None and not digest.startswith(expected.lower()):
             n = min(len(expected), 16)
             raise ChecksumError(
@@ -856,12 +819,9 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
                 f"{expected[:n]}..., got {digest[:n]}...; the download was "
                 f"discarded and any cached copy kept; retry, or download it by hand and pass {spec.flag} PATH"
             )
-        os.replace(tmp, dest)
-        if expected is None:
-            # Trust on first use: no published digest, so later downloads must match this one.
-            _record_path(dest).write_text(f"{digest}  {dest.name}\n", encoding="ascii")
-    finally:
-        tmp.unlink(missing_ok=True)
+    if expected is None:
+        # Trust on first use: no published digest, so later downloads must match this one.
+        files.atomic_write_text(_record_path(dest), f"{digest}  {dest.name}\n")
     return dest
 
 

@@ -358,7 +358,9 @@ def work_gatys(job) -> dict:
             "recompiling_chunks_s": [dt for (n, dt), c in zip(result.chunk_seconds, per_chunk) if c > 0],
             "final_loss": result.terms["total"],
             "losses": result.losses, "iterations": result.iterations,
-            "evals_per_iter": _ratio(_median(rates), evals["jax_s"]),
+            # Counted inside the compiled program (the solver state's counter, the init's one included).
+            "evaluations": result.evaluations,
+            "evals_per_iter": result.evaluations / max(result.iterations, 1),
             "torch_partners": partners[optimizer],
         })
     out["runs"] = runs
@@ -407,6 +409,7 @@ def work_gatys_memory(job) -> dict:
     import jax
 
     from nst_jax import gatys
+    from nst_jax import memory as nst_memory
 
     params = _vgg_params(job.get("widths"))
     content, style = _images(job["size"])
@@ -425,7 +428,7 @@ def work_gatys_memory(job) -> dict:
     return {"size": job["size"], "optimizer": job["optimizer"], "remat": config.remat,
             "dtype": config.compute_dtype, "iterations": result.iterations, "final_loss": result.terms["total"],
             "wall_s": wall, "s_per_iter": _median(rates),
-            "estimate_bytes": gatys.estimate_memory_bytes(job["size"], job["size"], params, config),
+            "estimate_bytes": nst_memory.gatys_bytes(job["size"], job["size"], params, config),
             **memory}
 
 
@@ -456,12 +459,13 @@ def work_memory_static(job) -> dict:
     Compiled for abstract inputs (nothing runs), so large images cost only compile time. Unlike the
     peak RSS of a run, this excludes the compiler's own memory and allocator slack: it is the memory
     the program itself needs on the device. The L-BFGS state (``2 * history_size + 6`` image-sized
-    float32 vectors, as ``gatys.estimate_memory_bytes`` counts them) is added separately.
+    float32 vectors, :func:`nst_jax.memory.solver_vectors`) is added separately.
     """
     import jax
     import jax.numpy as jnp
 
     from nst_jax import gatys
+    from nst_jax import memory as nst_memory
 
     params = _vgg_params(job.get("widths"))
     p_abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
@@ -480,11 +484,11 @@ def work_memory_static(job) -> dict:
             compile_s = time.perf_counter() - t0
             program = (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
                        - stats.alias_size_in_bytes)
-            state = (2 * config.history_size + 6) * height * width * 3 * 4
+            state = nst_memory.solver_vectors(config.optimizer, config.history_size) * height * width * 3 * 4
             rows.append({"size": size, "remat": remat, "dtype": dtype, "temp_bytes": stats.temp_size_in_bytes,
                          "argument_bytes": stats.argument_size_in_bytes, "program_bytes": program,
                          "lbfgs_state_bytes": state, "peak_bytes": program + state, "compile_s": compile_s,
-                         "estimate_bytes": gatys.estimate_memory_bytes(height, width, params, config)})
+                         "estimate_bytes": nst_memory.gatys_bytes(height, width, params, config)})
     return {"rows": rows}
 
 
@@ -495,6 +499,7 @@ def work_gatys_large(job) -> dict:
 
     from nst_jax import gatys, tiling
     from nst_jax import image as image_io
+    from nst_jax import memory as nst_memory
 
     params = _vgg_params(job.get("widths"))
     h, w = job["height"], job["width"]
@@ -510,13 +515,14 @@ def work_gatys_large(job) -> dict:
     else:
         result = gatys.run(params, content, style, config, weights, chunk=job["chunk"])
     wall = time.perf_counter() - t0
-    rates = [dt / n for n, dt in result.chunk_seconds[1:] if n > 0]
+    rates = [dt / n for n, dt in result.chunk_seconds if n > 0]  # compilation is timed apart
     return {"height": h, "width": w, "optimizer": config.optimizer, "remat": config.remat,
             "dtype": config.compute_dtype, "tile_size": job.get("tile_size"), "iterations": result.iterations,
             "final_loss": result.terms["total"], "finite": bool(np.isfinite(result.terms["total"])),
             "wall_s": wall, "first_chunk_s": result.chunk_seconds[0][1] if result.chunk_seconds else None,
             "s_per_iter": _median(rates) if rates else None,
-            "estimate_bytes": gatys.estimate_memory_bytes(h, w, params, config), **_memory_record(baseline)}
+            "compile_s": result.compile_seconds, "evaluations": result.evaluations,
+            "estimate_bytes": nst_memory.gatys_bytes(h, w, params, config), **_memory_record(baseline)}
 
 
 def work_fidelity(job) -> dict:
@@ -815,7 +821,7 @@ def assemble_gatys(timing: dict, memory: dict, torch_memory: dict) -> list[dict]
     for run in timing["runs"]:
         e = {"size": timing["size"], "optimizer": run["optimizer"], "chunk": timing["chunk"],
              "iterations": run["iterations"], "s_per_iter": run["s_per_iter"], "s_per_eval": timing["eval"]["jax_s"],
-             "evals_per_iter": run["evals_per_iter"], "compile_s": run["compile_s"],
+             "evaluations": run.get("evaluations"), "evals_per_iter": run["evals_per_iter"], "compile_s": run["compile_s"],
              "recompiles_in_timed_run": run["recompiles_in_timed_run"],
              "recompiling_chunks_s": run.get("recompiling_chunks_s", []), "final_loss": run["final_loss"],
              "losses": run["losses"]}
@@ -1178,7 +1184,8 @@ def run_gpu_suite(args, machine: dict, log) -> dict:
             if "error" not in t:
                 for run in t["runs"]:
                     row = {"size": size, "dtype": dtype, **{k: run[k] for k in (
-                        "optimizer", "s_per_iter", "compile_s", "final_loss", "iterations", "evals_per_iter")}}
+                        "optimizer", "s_per_iter", "compile_s", "final_loss", "iterations", "evaluations",
+                        "evals_per_iter")}}
                     torch_lbfgs = t["torch"].get("lbfgs")
                     if torch_lbfgs:
                         row["torch_s_per_iter"] = torch_lbfgs["s_per_iter"]

@@ -6,7 +6,7 @@ widths, not on the weight values), runs ``--iterations`` iterations of :func:`ns
 random square images, and reports its peak resident set size (compilation included), the RSS
 before the optimization (Python, JAX, the parameters), XLA's temporary buffers for one loss-and-
 gradient evaluation (``xla_temp_mib``: the activations kept for the backward pass, exact and free of
-allocator noise) and :func:`nst_jax.gatys.estimate_memory_bytes` for comparison. The parent prints
+allocator noise) and :func:`nst_jax.memory.gatys_bytes` for comparison. The parent prints
 one JSON document.
 
 On the CPU backend the activations live in host memory, so peak RSS is the number that matters
@@ -45,7 +45,7 @@ def _rss_mib() -> float:
 def _child(size: int, remat: bool, iterations: int, optimizer: str) -> dict:
     import jax
 
-    from nst_jax import gatys, vgg
+    from nst_jax import gatys, memory, vgg
 
     params = vgg.init_params(jax.random.key(0))
     key_c, key_s = jax.random.split(jax.random.key(1))
@@ -71,7 +71,7 @@ def _child(size: int, remat: bool, iterations: int, optimizer: str) -> dict:
         "peak_rss_mib": round(_rss_mib(), 1),
         "rss_before_run_mib": round(before, 1),
         "xla_temp_mib": None if analysis is None else round(analysis.temp_size_in_bytes / 2**20, 1),
-        "estimate_mib": round(gatys.estimate_memory_bytes(size, size, params, config) / 2**20, 1),
+        "estimate_mib": round(memory.gatys_bytes(size, size, params, config) / 2**20, 1),
         "seconds": round(seconds, 1),
         "backend": jax.default_backend(),
     }

@@ -75,10 +75,10 @@ def _analyze(what: str, size: int, args, params, config, weights) -> dict:
         # One solver iteration (for L-BFGS: line search included, history as live arguments).
         if what == "lbfgs":
             grid = tiling.tile_grid(image.shape, config.layers, args.tile_size, args.halo)
-            solver = gatys.make_solver(tiling.tiled_objective(config, grid), config)
+            solver = gatys.solver_for(tiling.tiled_objective(config, grid), config)
             extra = (offset,)
         else:
-            solver = gatys.make_solver(lambda x, *a: gatys.objective(x, *a, config), config)
+            solver = gatys.solver_for(lambda x, *a: gatys.objective(x, *a, config), config)
             extra = ()
         state = jax.eval_shape(solver.init, image, params, targets, weights, *extra)
         # Donated like the driver's chunk step, so the new state reuses the old state's buffers.

@@ -28,7 +28,7 @@ import jax.monitoring
 hits = []
 jax.monitoring.register_event_listener(
     lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
-from nst_jax import gatys
+from nst_jax.cli import gatys
 code = gatys.main(sys.argv[1:])
 import jax
 print(json.dumps({"code": code, "hits": len(hits), "dir": jax.config.jax_compilation_cache_dir}))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nst_jax import adain, data, dataset, distributed, image, stylize_dataset, weights
+from nst_jax import adain, data, dataset, distributed, weights
+from nst_jax.cli import dataset as dataset_cli
 from nst_jax.errors import ConfigError, InputImageError, OutputPathError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "adain"
@@ -176,20 +177,16 @@ def test_bad_folders(tmp_path):
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, needle):
     content, style = _tree(tmp_path, n_content=1, extra=False)
-    from nst_jax import cli
-
-    code = cli.run_main(stylize_dataset.main, ["--content-dir", str(content), "--style-dir", str(style),
+    code = dataset_cli.main(["--content-dir", str(content), "--style-dir", str(style),
                                                "--output-dir", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_unreachable_coordinator_is_a_bounded_one_line_error(tmp_path, capsys):
-    from nst_jax import cli
-
     content, style = _tree(tmp_path, n_content=1, extra=False)
     start = time.monotonic()
-    code = cli.run_main(stylize_dataset.main, [
+    code = dataset_cli.main([
         "--content-dir", str(content), "--style-dir", str(style), "--output-dir", str(tmp_path / "o"),
         "--coordinator-address", f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "1",
         "--timeout", "1"])
@@ -209,7 +206,7 @@ def _free_port() -> int:
 
 
 def _cli(content: Path, style: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "nst_jax.stylize_dataset", "--content-dir", str(content), "--style-dir",
+    return [sys.executable, "-m", "nst_jax.cli.dataset", "--content-dir", str(content), "--style-dir",
             str(style), "--output-dir", str(out), "--vgg", str(VGG), "--decoder", str(DECODER),
             "--style-size", "0", "--num-styles", "2", "--batch-size", "2", "--threads", "0", "--no-progress",
             *extra]

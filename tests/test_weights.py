@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import _pth, vgg, weights
+from nst_jax import _pth, adain, vgg, weights
 from nst_jax.errors import (
     ChecksumError,
     ConfigError,
@@ -129,7 +129,7 @@ def test_load_adain_vgg_matches_torch(expected):
 
 def test_load_adain_decoder_matches_torch(expected):
     params = weights.load_adain_decoder(FIXTURES / "adain_decoder_narrow.pth")
-    assert tuple(params) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(params) == adain.DECODER_LAYERS
     _assert_params_equal(params, _golden(expected, "adain_decoder/params/"))
 
 
@@ -137,7 +137,7 @@ def test_adain_tables_agree_with_the_network_description():
     convs = tuple(n for n in vgg.ADAIN_VGG.layers if n.startswith("conv"))
     assert tuple(weights.ADAIN_VGG_INDEX) == ("preprocess",) + convs
     assert weights.ADAIN_VGG_LAST_MODULE == weights.ADAIN_VGG_INDEX["conv4_1"] + 1  # its ReLU
-    assert tuple(weights.ADAIN_DECODER_INDEX) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(weights.ADAIN_DECODER_INDEX) == adain.DECODER_LAYERS
     assert list(weights.ADAIN_DECODER_INDEX.values()) == [1, 5, 8, 11, 14, 18, 21, 25, 28]
     assert weights.VGG19_INDEX["conv4_2"] == 21 and weights.VGG19_INDEX["conv5_1"] == 28
 
@@ -414,7 +414,7 @@ def test_explicit_path_works_offline(cache):
         raise urllib.error.URLError("no network")
 
     params = weights.resolve_weights("adain_decoder", FIXTURES / "adain_decoder_narrow.pth", opener=offline)
-    assert tuple(params) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(params) == adain.DECODER_LAYERS
     with pytest.raises(WeightsError, match="not found: .*missing.pth; check the path given to --decoder"):
         weights.resolve_weights("adain_decoder", "missing.pth", opener=offline)
 
@@ -479,7 +479,7 @@ def test_port_refuses_to_overwrite(port, tmp_path, capsys):
     assert err.startswith("error: ") and "already exists" in err and "--force" in err
     assert out.read_bytes() == b"keep me"
     assert port.main(argv + ["--force"]) == 0
-    assert tuple(weights.load_adain_decoder(out)) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(weights.load_adain_decoder(out)) == adain.DECODER_LAYERS
 
 
 @pytest.mark.parametrize(
@@ -605,7 +605,7 @@ def test_cached_copy_is_verified_before_conversion(cache):
     calls = []
     params = weights.resolve_weights(spec, opener=_adain_opener(data, calls))
     assert calls == [spec.url]  # the bad cached copy was not trusted
-    assert set(params) == set(weights.ADAIN_DECODER_LAYERS)
+    assert set(params) == set(adain.DECODER_LAYERS)
     assert sorted(p.name for p in cache.iterdir()) == ["adain_decoder.npz"]
 
 

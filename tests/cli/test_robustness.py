@@ -1,6 +1,6 @@
 """Bad input at every entry point: one-line errors, exit code 2, nothing lost, nothing executed.
 
-The four entry points are ``nst_jax.gatys.main``, ``nst_jax.adain.main``, ``scripts/train_decoder.py``
+The four entry points are ``nst_jax.cli.gatys.main``, ``nst_jax.cli.adain.main``, ``scripts/train_decoder.py``
 and ``scripts/port_weights.py``. For every case of the table below the entry point must
 
 * return 2 and print exactly one line, ``error: ...``, that names the problem and the fix (the
@@ -44,10 +44,13 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from nst_jax import adain, data, gatys, multiscale, train, vgg, weights
+from nst_jax import files as files_io
 from nst_jax import image as image_io
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError
+from nst_jax.cli import gatys as gatys_cli
+from nst_jax.cli import adain as adain_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 GATYS_VGG = FIXTURES / "gatys" / "vgg19_narrow.pth"
 ADAIN_VGG = FIXTURES / "adain" / "vgg_normalised_narrow.pth"
@@ -69,7 +72,7 @@ def _script(name: str):
 port_weights = _script("port_weights")
 train_decoder = _script("train_decoder")
 
-ENTRY = {"gatys": gatys.main, "adain": adain.main, "train": train_decoder.main, "port": port_weights.main}
+ENTRY = {"gatys": gatys_cli.main, "adain": adain_cli.main, "train": train_decoder.main, "port": port_weights.main}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ CASES = [
          ("output folder is not a folder", "--output")),
     Case("adain-output-not-writable", "adain", (), ("not writable", "--output"), setup="unwritable"),
     Case("adain-too-big-for-memory", "adain", ("--size", "60000"),
-         ("60000x", "GiB", "lower --size", "--max-memory")),
+         ("x60000 px", "GiB", "lower --size", "--max-memory")),
     Case("adain-over-memory-budget", "adain", ("--max-memory", "0.0001"), ("GiB", "--max-memory")),
     # --- scripts/train_decoder.py
     Case("train-unknown-loss-norm", "train", ("--loss-norm", "mes"),
@@ -327,8 +330,7 @@ def _unwritable(monkeypatch, tmp_path) -> None:
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(image_io, "_create_temp", refuse)
-    monkeypatch.setattr(weights, "_create_temp", refuse)
+    monkeypatch.setattr(files_io, "_create_temp", refuse)
 
 
 def _bad_download(monkeypatch, tmp_path) -> None:
@@ -441,26 +443,10 @@ def test_base_port_command_line_converts(files, workspace, capsys):
 def test_adain_memory_budget_is_overridable(files, workspace, sentinels, capsys):
     tmp_path, out = workspace
     base = [str(a) for a in _base("adain", files, out)]
-    assert adain.main(base + ["--max-memory", "0.0001"]) == 2
+    assert adain_cli.main(base + ["--max-memory", "0.0001"]) == 2
     assert "raise --max-memory" in _one_error_line(capsys.readouterr().err)
     with pytest.raises(WorkStarted):  # the same job with a larger budget goes ahead
-        adain.main(base + ["--max-memory", "0.01"])
-
-
-def test_adain_memory_estimate_bounds_what_xla_allocates():
-    """The estimate is at least the compiled program's own buffer need, and not wildly more."""
-    import jax
-    import jax.numpy as jnp
-
-    nets = weights.load_adain_vgg(ADAIN_VGG), weights.load_adain_decoder(ADAIN_DECODER)
-    image = jax.ShapeDtypeStruct((1, 64, 80, 3), jnp.float32)
-    compiled = adain.stylize_jit.lower(*nets, image, [image], 1.0).compile()
-    stats = compiled.memory_analysis()
-    needed = stats.temp_size_in_bytes + stats.output_size_in_bytes
-    estimate = adain.estimate_memory_bytes((64, 80), [(64, 80)], *nets)
-    assert needed <= estimate <= 4 * needed, (needed, estimate)
-    # Linear in pixels: twice the sides, four times the memory (up to ceil-mode rounding).
-    assert 3.9 < adain.estimate_memory_bytes((128, 160), [(128, 160)], *nets) / estimate < 4.1
+        adain_cli.main(base + ["--max-memory", "0.01"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -582,7 +568,7 @@ def test_adain_output_folder_never_replaces_an_input(files, workspace, sentinels
     argv = [str(a) for a in _base("adain", files, out)]
     argv[argv.index("--content") + 1] = str(folder)
     argv[argv.index("--output") + 1] = str(folder)
-    code = adain.main(argv)
+    code = adain_cli.main(argv)
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "a_stylized_style.png is the content image" in line, line
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_stylized_style.png"]
@@ -602,7 +588,7 @@ def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monke
 
     monkeypatch.setattr(gatys, "run", diverging)
     (out / "result.png").write_bytes(PREVIOUS)
-    code = gatys.main([str(a) for a in _base("gatys", files, out)])
+    code = gatys_cli.main([str(a) for a in _base("gatys", files, out)])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "between iteration 10 and 12" in line and "--learning-rate" in line
     saved = out / "result.last-good.png"
@@ -615,8 +601,9 @@ def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monke
 def _fake_multiscale(image: np.ndarray):
     """A finished one-level run (so the CLI's saving is tested without compiling anything)."""
     def run_multiscale(*args, **kwargs):
-        result = gatys.RunResult(image, [3.0, 2.0], {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0},
-                                 1, [(1, 0.1)])
+        result = gatys.RunResult(image, [3.0, 2.0], {"total": 2.0, "content": 1.0, "style": 1.0, "tv": 0.0,
+                                                     "content_weighted": 1.0, "style_weighted": 1.0,
+                                                     "tv_weighted": 0.0}, 1, [(1, 0.1)])
         return multiscale.MultiscaleResult(result, [multiscale.Level(40, 1, 2.0, 0.1, [3.0, 2.0])])
 
     return run_multiscale
@@ -636,7 +623,7 @@ def test_gatys_metrics_on_a_full_disk_changes_nothing(files, workspace, monkeypa
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", full)
     argv = [str(a) for a in _base("gatys", files, out)] + ["--metrics-json", str(out / "metrics.json")]
-    code = gatys.main(argv)
+    code = gatys_cli.main(argv)
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "No space left on device" in line and "metrics.json" in line, line
     assert (out / "result.png").read_bytes() == PREVIOUS
@@ -644,7 +631,7 @@ def test_gatys_metrics_on_a_full_disk_changes_nothing(files, workspace, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
 
     monkeypatch.setattr(os, "fsync", real_fsync)  # the same run with a disk that has room writes both
-    assert gatys.main(argv) == 0
+    assert gatys_cli.main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["final_loss"] == 2.0
     assert (out / "result.png").read_bytes() != PREVIOUS
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
@@ -666,7 +653,7 @@ def test_adain_failure_midway_keeps_finished_and_existing_outputs(files, workspa
     assert image_io.image_size(contents / "b.jpg") == (64, 64)
     (out / "b_stylized_style.png").write_bytes(PREVIOUS)
     monkeypatch.setattr(adain, "stylize_jit", lambda vgg_params, dec, content, styles, *a, **k: content)
-    code = adain.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(contents),
+    code = adain_cli.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(contents),
                        "--style", str(files["style"]), "--size", "32", "--output", str(out)])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "b.jpg" in line and "truncated or corrupt" in line
@@ -727,7 +714,7 @@ def mode_files(tmp_path_factory):
 def test_every_image_mode_is_stylized_by_the_adain_cli(name, mode_files, files, tmp_path, capsys):
     path, expected = mode_files[name]
     out = tmp_path / "result.png"
-    code = adain.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(path),
+    code = adain_cli.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(path),
                        "--style", str(files["style"]), "--size", "16", "--output", str(out)])
     assert code == 0, capsys.readouterr().err
     result = image_io.load_image(out)

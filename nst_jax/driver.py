@@ -1,0 +1,278 @@
+"""The one host loop that steps a solver in jitted chunks: :func:`drive`.
+
+:func:`nst_jax.gatys.run` and :func:`nst_jax.tiling.run_tiled` build a :class:`Program` (the solver's
+init, a chunk of iterations, the final loss terms) and hand it to :func:`drive`, which
+
+* compiles every program ahead of running it (``jit(...).lower(...).compile()``), so compilation is
+  timed apart from the iterations (``RunResult.compile_seconds``, ``seconds_per_iteration``);
+* runs chunks of at most ``chunk`` iterations, cut so that the callback also lands on every multiple
+  of ``snapshot_every``;
+* strips weak types from the initial state, so every chunk reuses one executable;
+* stops on a non-finite loss with :class:`~nst_jax.errors.NonFiniteLossError` carrying the last
+  good image, and on Ctrl-C (KeyboardInterrupt, also from the callback) with the image so far;
+* hands out images through a ``finish`` hook (colour restoration, :func:`finisher`).
+
+Programs are cached once for every caller (:func:`program`), keyed by the static config with the
+fields that do not enter the compiled program (iteration count, colour control) reset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nst_jax import color as colormod
+from nst_jax.errors import NonFiniteLossError
+from nst_jax.solvers import Solver
+
+Array = jax.Array
+
+
+class Progress(NamedTuple):
+    iteration: int  # completed iterations
+    loss: float  # total loss recorded after the last of them
+    seconds: float  # wall time of the chunk that ended here (compilation excluded)
+
+
+@dataclasses.dataclass
+class RunResult:
+    image: np.ndarray  # (H, W, 3) float32 in [0, 1], colour restored
+    losses: list[float]  # total loss at the init and after each completed iteration
+    # Raw (unweighted) content/style/tv, their weighted contributions content_weighted/
+    # style_weighted/tv_weighted, and total = the sum of the weighted ones, at the final image.
+    terms: dict[str, float]
+    iterations: int  # completed iterations
+    chunk_seconds: list[tuple[int, float]]  # (iterations, wall seconds) per chunk, compilation excluded
+    interrupted: bool = False
+    compile_seconds: float = 0.0  # compiling this run's programs (0 when they were cached)
+    seconds_per_iteration: float | None = None  # None only when no iteration ran
+    evaluations: int = 0  # objective evaluations by the solver, init and line searches included
+
+
+def seconds_per_iteration(chunk_seconds) -> float | None:
+    """Seconds per iteration over all chunks (which exclude compilation); None without iterations."""
+    n = sum(k for k, _ in chunk_seconds)
+    return sum(dt for _, dt in chunk_seconds) / n if n else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Programs: compiled ahead of time, cached once.
+
+
+class _Ahead:
+    """A jitted function compiled ahead per argument signature, so compile time is measured apart."""
+
+    def __init__(self, fn: Callable):
+        self._fn = fn
+        self._compiled: dict[Hashable, Any] = {}
+
+    def compiled(self, *args) -> tuple[Callable, float]:
+        """The executable for ``args`` and the seconds spent compiling it now (0 if cached)."""
+        leaves, tree = jax.tree.flatten(args)
+        key = (tree, tuple(jax.typeof(leaf) for leaf in leaves))
+        if key in self._compiled:
+            return self._compiled[key], 0.0
+        t0 = time.perf_counter()
+        exe = self._fn.lower(*args).compile()
+        self._compiled[key] = exe
+        return exe, time.perf_counter() - t0
+
+    def lower(self, *args):
+        return self._fn.lower(*args)
+
+
+class Program(NamedTuple):
+    """Compiled pieces of one optimization; see :func:`build_program`."""
+
+    init: _Ahead  # (x0, aux, *args) -> state
+    run_chunk: _Ahead  # (x, state, aux, start, n, *args) -> (x, state, values, evaluations)
+    terms: _Ahead  # (x, *args) -> dict of loss terms
+    value: Callable[[Any], Array]  # solver.value
+    evaluations: Callable[[Any], Array]  # solver.evaluations
+
+
+def build_program(
+    solver: Solver,
+    terms: Callable[..., dict[str, Array]],
+    chunk: int,
+    extra: Callable[[Any, Array | None], tuple] | None = None,
+) -> Program:
+    """Jits ``solver`` into an init, a chunk of at most ``chunk`` iterations and the final terms.
+
+    Args:
+      solver: from :func:`nst_jax.solvers.make_solver` over ``fun(x, *args, *extra)``.
+      terms: ``terms(x, *args) -> dict`` of loss terms at the final image.
+      chunk: the length of the loss buffer of one chunk; any ``n <= chunk`` runs in the same
+        executable (``n`` is traced).
+      extra: ``extra(aux, step)`` gives further objective arguments at global iteration ``step``
+        (a traced int32), or at the init when ``step`` is None (e.g. the tile grid offset); ``aux``
+        is the traced argument the caller passes to :func:`drive` (e.g. a PRNG key).
+    """
+    extra = extra or (lambda aux, step: ())
+
+    @jax.jit
+    def init(x0, aux, *args):
+        return solver.init(x0, *args, *extra(aux, None))
+
+    def run_chunk(x, state, aux, start, n, *args):
+        def body(i, carry):
+            x, state, values = carry
+            x, state = solver.update(x, state, *args, *extra(aux, start + i))
+            return x, state, values.at[i].set(solver.value(state))
+
+        values = jnp.full((chunk,), jnp.nan, jnp.float32)
+        x, state, values = jax.lax.fori_loop(0, n, body, (x, state, values))
+        return x, state, values, solver.evaluations(state)
+
+    return Program(_Ahead(init), _Ahead(jax.jit(run_chunk, donate_argnums=(0, 1))), _Ahead(jax.jit(terms)),
+                   solver.value, solver.evaluations)
+
+
+# Compiled programs of every caller (gatys.run, tiling.run_tiled, hence multiscale), so repeated runs
+# (levels of the same size, a second image in the same process) do not recompile.
+_PROGRAMS: dict[Hashable, Program] = {}
+
+# Config fields that never enter a compiled program: the iteration count (a chunk runs any count)
+# and colour control (applied to the images before and after the optimization).
+PROGRAM_INDEPENDENT_FIELDS: tuple[str, ...] = ("iterations", "color", "color_space", "color_transform")
+
+
+def program_key(config, *rest: Hashable) -> tuple:
+    """``(config with PROGRAM_INDEPENDENT_FIELDS reset to their defaults, *rest)``: the cache key."""
+    fields = {f.name: f.default for f in dataclasses.fields(config) if f.name in PROGRAM_INDEPENDENT_FIELDS}
+    return (dataclasses.replace(config, **fields), *rest)
+
+
+def program(key: tuple, build: Callable[[Any], Program]) -> Program:
+    """The cached program for ``key`` (from :func:`program_key`); ``build(key[0])`` on a miss.
+
+    ``build`` receives the normalised config, so nothing outside the key can enter the program.
+    """
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = build(key[0])
+    return _PROGRAMS[key]
+
+
+def clear_programs() -> None:
+    """Forgets every cached program (tests that count traces start from here)."""
+    _PROGRAMS.clear()
+
+
+# ----------------------------------------------------------------------------------------------
+# The host loop.
+
+
+def finisher(original: Array | np.ndarray, *, color: str, color_space: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The hook that turns an optimized (H, W, 3) image into an output: colour restored, clipped.
+
+    ``original`` is the (1, H, W, 3) content before colour preparation (luminance mode puts the
+    result's luminance under its chroma, :func:`nst_jax.color.restore_color`).
+    """
+    if color == "none":
+        return lambda image: np.clip(image, 0.0, 1.0)
+
+    def finish(image: np.ndarray) -> np.ndarray:
+        out = colormod.restore_color(jnp.asarray(image)[None], original, color, space=color_space)
+        return np.asarray(jax.device_get(out))[0]
+
+    return finish
+
+
+def _strip_weak_types(tree):
+    # A jitted loop returns strongly typed leaves; the init state may hold weak ones (optax keeps
+    # some), which would make the second chunk's signature differ and recompile.
+    return jax.tree.map(lambda a: jnp.asarray(a, a.dtype) if getattr(a, "weak_type", False) else a, tree)
+
+
+def chunk_length(done: int, iterations: int, chunk: int, snapshot_every: int = 0) -> int:
+    """Iterations of the next chunk: at most ``chunk``, ending at the next multiple of ``snapshot_every``."""
+    n = min(chunk, iterations - done)
+    if snapshot_every > 0:
+        n = min(n, snapshot_every - done % snapshot_every)
+    return n
+
+
+def drive(
+    prog: Program,
+    x: Array,
+    args: tuple,
+    *,
+    iterations: int,
+    chunk: int,
+    aux: Any = None,
+    snapshot_every: int = 0,
+    callback: Callable[[Progress, Callable[[], np.ndarray]], None] | None = None,
+    finish: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> RunResult:
+    """Runs ``iterations`` solver iterations from ``x`` in chunks; the host side of every run.
+
+    After each chunk ``callback(progress, get_image)`` is called; chunks end at every multiple of
+    ``snapshot_every`` (if > 0) as well as every ``chunk`` iterations. KeyboardInterrupt (Ctrl-C, or
+    raised by the callback) stops after the last completed chunk and returns its image with
+    ``interrupted=True``.
+
+    Args:
+      prog: from :func:`build_program`.
+      x: (1, H, W, 3) starting image.
+      args: the objective's traced arguments (params, targets, weights).
+      iterations, chunk, snapshot_every: see above; ``chunk`` must be the program's.
+      aux: traced argument of the program's ``extra`` (None if it has none).
+      finish: turns an optimized (H, W, 3) image into the image handed out (default: clip to [0, 1]).
+
+    Raises:
+      NonFiniteLossError: a loss became non-finite; ``err.image`` is the last good image (finished)
+        and ``err.iteration`` its iteration.
+    """
+    if finish is None:
+        finish = finisher(None, color="none", color_space="ycbcr")
+    if snapshot_every < 0:
+        raise ValueError(f"snapshot_every must be >= 0, got {snapshot_every}")
+    init, compile_seconds = prog.init.compiled(x, aux, *args)
+    state = _strip_weak_types(init(x, aux, *args))
+    curve = [float(jax.device_get(prog.value(state)))]
+    timings: list[tuple[int, float]] = []
+    last_good = np.asarray(jax.device_get(x))[0]
+    done, interrupted = 0, False
+    evaluations = int(jax.device_get(prog.evaluations(state)))
+    try:
+        while done < iterations:
+            n = chunk_length(done, iterations, chunk, snapshot_every)
+            call_args = (x, state, aux, np.int32(done), np.int32(n), *args)
+            run_chunk, seconds = prog.run_chunk.compiled(*call_args)
+            compile_seconds += seconds
+            t0 = time.perf_counter()
+            x, state, values, evals = run_chunk(*call_args)
+            values, evals = jax.device_get((values, evals))
+            dt = time.perf_counter() - t0
+            values = np.asarray(values, np.float64)[:n]
+            if not np.all(np.isfinite(values)):
+                bad = done + 1 + int(np.argmin(np.isfinite(values)))
+                err = NonFiniteLossError(
+                    f"loss became non-finite between iteration {done} and {bad}; the image of iteration "
+                    f"{done} was kept; lower --learning-rate or the loss weights, or use --optimizer lbfgs"
+                )
+                err.image = finish(last_good)
+                err.iteration = done
+                raise err
+            done += n
+            curve.extend(values.tolist())
+            timings.append((n, dt))
+            evaluations = int(evals)
+            last_good = np.asarray(jax.device_get(x))[0]
+            if callback is not None:
+                callback(Progress(done, float(values[-1]), dt), lambda img=last_good: finish(img))
+    except KeyboardInterrupt:
+        interrupted = True
+    final = jnp.asarray(last_good)[None]
+    terms_fn, seconds = prog.terms.compiled(final, *args)
+    compile_seconds += seconds
+    terms = {k: float(v) for k, v in jax.device_get(terms_fn(final, *args)).items()}
+    return RunResult(finish(last_good), curve, terms, done, timings, interrupted, compile_seconds,
+                     seconds_per_iteration(timings), evaluations)
+
