@@ -195,6 +195,64 @@ def test_cli_unreachable_coordinator_is_a_bounded_one_line_error(tmp_path, capsy
     assert time.monotonic() - start < 10
 
 
+def _tiny_tfds(tmp_path: Path) -> tuple[str, str]:
+    """A 4-record array_record dataset (one record not an image); returns (name, data_dir)."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS sources need the tfds extra")
+    import io
+
+    class NstDatasetRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Image(shape=(None, None, 3), encoding_format="png")
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"image": image}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for i in range(4):
+                if i == 2:
+                    yield i, {"image": b"not an image at all"}
+                    continue
+                buf = io.BytesIO()
+                pixels = np.random.default_rng(i).integers(0, 256, (20, 24, 3), dtype=np.uint8)  # one program
+                Image.fromarray(pixels).save(buf, "PNG")
+                yield i, {"image": buf.getvalue()}
+
+    data_dir = str(tmp_path / "tfds")
+    builder = NstDatasetRecords(data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder.name, data_dir
+
+
+def test_tfds_records_are_stylized_by_index(tmp_path, nets):
+    vgg, dec = nets
+    name, data_dir = _tiny_tfds(tmp_path)
+    _, style = _tree(tmp_path, n_content=0, extra=False)
+    config = dataset.DatasetConfig(None, str(style), str(tmp_path / "out"), content_tfds=f"{name}:train",
+                                   tfds_data_dir=data_dir, style_size=0, batch_size=2, num_threads=2, seed=4)
+    summary = dataset.run(config, vgg, dec)
+    assert (summary.progress.done, summary.progress.failed) == (3, 1)
+    # TFDS stores records in its own (hashed) order: the names follow the record index.
+    source = data.TfdsImageSource(f"{name}:train", 0, 0, data_dir=data_dir)
+    bad, = [i for i in range(4) if source.record(i) == b"not an image at all"]
+    assert summary.failures[0][0] == f"train/{bad}.png" and "unreadable" in summary.failures[0][1]
+    entries = dataset.read_manifest(tmp_path / "out" / dataset.MANIFEST)
+    assert [e["output"] for e in entries] == [f"train/{i}.png" for i in range(4) if i != bad]
+    for e in entries:
+        # Keyed by the record's name: the same style as a folder holding train/I.png would get.
+        assert e["style"] == sorted(["s0.png", "sub/s1.jpg"])[dataset.style_index(4, e["content"], 0, 2)]
+        index = int(Path(e["content"]).stem)
+        pixels = data.decode_and_fit(source.record(index), 0, 0)
+        one = adain.stylize_jit(vgg, dec, pixels[None].astype(np.float32) / 255.0,
+                                dataset.load_style(style / e["style"], 0), 1.0)
+        assert np.abs(_read(tmp_path / "out" / e["output"]) - np.round(np.asarray(one[0]) * 255.0)).max() <= 1
+    assert dataset.tfds_names("train[:10%]", 11, "jpeg")[:2] == ("train(:10%)/00.jpg", "train(:10%)/01.jpg")
+    again = dataset.run(config, vgg, dec)
+    assert (again.progress.skipped, again.progress.done) == (3, 0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Two real processes on 127.0.0.1
 
