@@ -14,8 +14,9 @@ compiled program per size. Padding images of different sizes to one shape would 
 convolution of the encoder and decoder reflects at the image border, so a padded image's border
 pixels see different neighbours however the statistics are masked. Images of one size are
 independent along the batch axis (AdaIN statistics are per image), so a batch equals the images
-done one at a time up to float rounding; a last, partial batch is filled with copies of its first
-image, whose outputs are dropped. Batches are split over all local devices (batch sharding).
+done one at a time up to float rounding; a partial batch is filled with copies of its first image
+(outputs dropped) up to a power-of-two multiple of the device count (:func:`padded_batch`).
+Batches are split over all local devices (batch sharding).
 
 Processes. Content file ``i`` (sorted order) belongs to process ``i mod N``. Each process writes
 only its outputs and ``manifest.part-<index>.jsonl``; process 0 merges the parts into
@@ -432,6 +433,15 @@ def batch_size_for(hw: tuple[int, int], config: DatasetConfig, vgg_params: Param
     return -(-batch // num_devices) * num_devices
 
 
+def padded_batch(n: int, size: int, num_devices: int) -> int:
+    """The batch that ``n`` images of one size are stylized in: ``size`` when full, else the smallest
+    power-of-two multiple of ``num_devices`` that holds them (capped at ``size``)."""
+    batch = num_devices
+    while batch < n:
+        batch *= 2
+    return min(batch, size)
+
+
 # ----------------------------------------------------------------------------------------------
 # Decoding (grain)
 
@@ -722,7 +732,9 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
         for lo in range(0, len(usable), size):
             chunk = slice(lo, lo + size)
             n = len(usable[chunk])
-            fill = [0] * (size - n)  # pad with copies of the first image; their outputs are dropped
+            # Pad with copies of the first image (their outputs are dropped) to a padded_batch():
+            # at most twice the work, and at most log2(size) programs per image size.
+            fill = [0] * (padded_batch(n, size, len(devices)) - n)
             content = np.stack([p for _, p in usable[chunk]] + [usable[lo][1]] * len(fill))
             mean = np.stack(means[chunk] + [means[lo]] * len(fill))
             std = np.stack(stds[chunk] + [stds[lo]] * len(fill))
@@ -794,8 +806,8 @@ __all__ = [
     "DEFAULT_EXTENSIONS", "FORMATS", "MANIFEST", "SETTINGS", "ContentSource", "DatasetConfig", "FolderReader",
     "Progress", "Summary", "Task", "TfdsReader", "batch_size_for", "check_config", "check_folders",
     "check_settings", "decoded", "finished", "list_files", "load_style", "merge_manifests", "open_contents",
-    "output_name", "params_digest", "plan", "read_manifest", "run", "settings", "share", "style_index",
-    "tfds_names",
+    "output_name", "padded_batch", "params_digest", "plan", "read_manifest", "run", "settings", "share",
+    "style_index", "tfds_names",
 ]
 
 

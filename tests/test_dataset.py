@@ -79,6 +79,13 @@ def test_pairing_depends_only_on_seed_and_file_lists():
     assert sum(a.style != b.style for ga, gb in zip(tasks, other) for a, b in zip(ga, gb)) > 300
 
 
+def test_partial_batches_are_padded_to_few_sizes():
+    # Full batches keep their size; partial ones grow by powers of two from the device count, so
+    # padding at most doubles the work and each image size compiles at most log2(size) + 1 programs.
+    assert [dataset.padded_batch(n, 8, 1) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+    assert [dataset.padded_batch(n, 12, 2) for n in (1, 2, 3, 5, 9, 12)] == [2, 2, 4, 8, 12, 12]
+
+
 def test_output_names_mirror_the_tree():
     assert dataset.output_name("n01/a.JPEG", 0, 1, "same") == "n01/a.jpeg"
     assert dataset.output_name("n01/a.JPEG", 2, 3, "png") == "n01/a_2.png"
