@@ -181,6 +181,7 @@ def test_bad_folders(tmp_path):
     (["--num-processes", "2", "--process-id", "0"], "--coordinator-address missing"),
     (["--alpha", "2"], "--alpha must be between 0"),
     (["--format", "gif"], 'invalid choice "gif"'),
+    (["--content-tfds", "imagenet2012"], "pass exactly one of --content-dir DIR and --content-tfds NAME"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, needle):
     content, style = _tree(tmp_path, n_content=1, extra=False)
