@@ -247,8 +247,10 @@ def _console_script(name: str) -> Callable[[list[str]], object]:
     if name not in scripts:
         raise AssertionError(f"README command {name!r} is not a console script of pyproject.toml "
                              f"({', '.join(scripts)}) and has no skip reason")
-    module, _, attr = scripts[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    module_name, _, attr = scripts[name].partition(":")
+    module = importlib.import_module(module_name)
+    # A console function reads sys.argv and takes no arguments; its module's main(argv) runs in-process.
+    return getattr(module, "main", getattr(module, attr))
 
 
 def rewrite(kind: str, argv: list[str]) -> list[str]:
