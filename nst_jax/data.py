@@ -243,21 +243,28 @@ class TfdsImageSource:
         if len(self._source) == 0:
             raise InputImageError(f"TFDS dataset {spec!r} split {split!r} is empty")
         self.spec = spec
+        self.split = split
         self.image_key = image_key
+        # "jpeg" or "png" for encoded images, None when the feature stores arrays.
+        self.encoding_format = getattr(self._source.dataset_info.features[image_key], "encoding_format", None)
         self.load_size = load_size
         self.crop = crop
 
     def __len__(self) -> int:
         return len(self._source)
 
+    def record(self, index: int) -> bytes | np.ndarray:
+        """The image feature of record ``index`` as stored (encoded bytes, or a uint8 array), not decoded."""
+        value = self._source[index][self.image_key]
+        return value if isinstance(value, bytes) else np.asarray(value)
+
     def __getitem__(self, index: int) -> np.ndarray:
         n = len(self._source)
         for k in range(n):
             i = (index + k) % n
-            value = self._source[i][self.image_key]
+            value = self.record(i)
             try:
-                return decode_and_fit(value if isinstance(value, bytes) else np.asarray(value),
-                                      self.load_size, self.crop)
+                return decode_and_fit(value, self.load_size, self.crop)
             except _DECODE_ERRORS as err:
                 # As for folders: an undecodable record is replaced by the next one.
                 logger.warning("cannot decode record %d of %s (%s); using the next image instead",

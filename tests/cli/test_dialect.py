@@ -19,6 +19,7 @@ from PIL import Image
 from nst_jax import cli, gatys
 from nst_jax.cli import adain as adain_cli
 from nst_jax.cli import app as app_cli
+from nst_jax.cli import dataset as dataset_cli
 from nst_jax.cli import gatys as gatys_cli
 from nst_jax.cli import train as train_cli
 
@@ -34,6 +35,7 @@ COMMANDS = {
     "nst-adain": (adain_cli.build_parser, [], True),
     "nst-train": (train_cli.build_parser, ["--workdir", "w"], False),
     "nst-app": (app_cli.build_parser, [], False),
+    "nst-stylize-dataset": (dataset_cli.build_parser, ["--style-dir", "s", "-o", "o"], False),
 }
 
 
@@ -152,10 +154,12 @@ def test_console_scripts_resolve_and_show_help(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("prog, argv", [("nst-gatys", ["--sizes", "0"]), ("nst-adain", ["--alpha", "x"]),
-                                        ("nst-train", ["--steps", "x"]), ("port_weights.py", ["--kind", "vgg"])])
+                                        ("nst-train", ["--steps", "x"]), ("port_weights.py", ["--kind", "vgg"]),
+                                        ("nst-stylize-dataset", ["--style-dir", "s", "-o", "o", "--alpha", "x"])])
 def test_same_exit_code_for_a_usage_error(prog, argv, capsys):
     main = {"nst-gatys": gatys_cli.main, "nst-adain": adain_cli.main, "nst-train": train_cli.main,
-            "port_weights.py": lambda a: _script("port_weights").main(a)}[prog]
+            "port_weights.py": lambda a: _script("port_weights").main(a),
+            "nst-stylize-dataset": dataset_cli.main}[prog]
     assert main(argv) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.rstrip().endswith(f"see {prog} --help") and err.count("\n") == 1
