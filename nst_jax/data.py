@@ -333,6 +333,63 @@ class ShuffledEpochs:
         return self.source[int(self.permutation(epoch)[i])]
 
 
+class _ProcessShare:
+    """Process ``p``'s share of an unbatched stream (a grain ``MapDataset``, made by :func:`_process_share`).
+
+    Element ``k`` (batched by ``b`` afterwards, so batch ``s`` holds elements ``s*b .. s*b+b-1``)
+    is parent element ``(s * P + p) * b + j`` with ``s, j = divmod(k, b)``: the ``p``-th
+    contiguous slice of the batch that one process reading ``b * P`` images per step would take.
+    The crop RNG is applied before (keyed by the parent's index), so an image and its crop do not
+    depend on which process reads it, and each process decodes only its own images.
+    """
+
+    def __init__(self, parent, batch_size: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._b, self._p, self._n = batch_size, process_index, process_count
+        self._length = len(parent) // process_count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        step, j = divmod(int(index), self._b)
+        return (step * self._n + self._p) * self._b + j
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(i) for i in indices])  # noqa: SLF001
+
+    def __str__(self) -> str:
+        return f"ProcessShareMapDataset(process {self._p} of {self._n}, {self._b} per step)"
+
+
+def _process_share_class() -> type:
+    """The grain ``MapDataset`` subclass of :class:`_ProcessShare`, made once grain is imported.
+
+    It is a module attribute (``ProcessShareMapDataset``, found through the module ``__getattr__``),
+    so grain worker processes can unpickle the dataset.
+    """
+    cls = globals().get("ProcessShareMapDataset")
+    if cls is None:
+        _grain()
+        from grain._src.python.dataset import dataset  # MapDataset's base module, for the subclass
+
+        cls = type("ProcessShareMapDataset", (_ProcessShare, dataset.MapDataset),
+                   {"_MUTATES_ELEMENT_SPEC": False, "__module__": __name__, "__doc__": _ProcessShare.__doc__})
+        globals()["ProcessShareMapDataset"] = cls
+    return cls
+
+
+def __getattr__(name: str):
+    if name == "ProcessShareMapDataset":
+        return _process_share_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _seeds(seed: int, stream: int) -> tuple[int, int]:
     """Two independent 32-bit seeds (shuffle, crop) for stream 0 (content) or 1 (style)."""
     state = np.random.SeedSequence([seed, stream]).generate_state(2)
@@ -361,8 +418,10 @@ def image_stream(source: Any, *, batch_size: int, crop: int, seed: int, stream: 
       batch_size: images per batch on this process.
       crop: side of the square crops.
       seed: user seed; ``stream`` (0 content, 1 style) makes the two streams independent.
-      process_index, process_count: multi-host data sharding; each process reads a disjoint,
-        interleaved slice of the shuffled stream.
+      process_index, process_count: multi-host data sharding. The global batch of step ``k`` is
+        the one-process batch of ``batch_size * process_count`` images at step ``k``, and process
+        ``p`` reads only its contiguous ``p``-th slice of it (:class:`_ProcessShare`), so the
+        global batch, in order, does not depend on the number of processes.
 
     Returns:
       ``MapDataset`` whose elements are (batch_size, crop, crop, 3) uint8 arrays.
@@ -374,7 +433,7 @@ def image_stream(source: Any, *, batch_size: int, crop: int, seed: int, stream: 
     # reproducible from (seed, step).
     ds = ds.random_map(_CropTransform(crop), seed=crop_seed)
     if process_count > 1:
-        ds = ds[process_index::process_count]
+        ds = _process_share_class()(ds, batch_size, process_index, process_count)
     return ds.batch(batch_size, drop_remainder=True)
 
 

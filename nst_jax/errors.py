@@ -64,6 +64,12 @@ class NonFiniteLossError(NSTError):
     """The loss became NaN or infinite during optimization or training."""
 
 
+class ProcessLostError(NSTError):
+    """Another process of a multi-process run stopped or lost its connection; rerun all to resume."""
+
+    exit_code = 1
+
+
 class MemoryBudgetError(NSTError):
     """The estimated memory for a job exceeds the budget; lower the size or raise the budget."""
 

@@ -158,14 +158,23 @@ def test_crops_are_windows_and_deterministic_from_seed_and_step():
     assert sorted(ids[:5]) == list(range(5)) and sorted(ids[5:]) == list(range(5))
 
 
-def test_process_sharding_splits_the_stream():
-    images = _coded_images(8)
-    full = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0)
-    p0 = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0, process_index=0, process_count=2)
-    p1 = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0, process_index=1, process_count=2)
-    for k in range(4):
-        np.testing.assert_array_equal(p0[k][0], full[2 * k][0])
-        np.testing.assert_array_equal(p1[k][0], full[2 * k + 1][0])
+def test_process_shares_are_contiguous_slices_of_the_one_process_batch():
+    """P processes reading b images each see, concatenated in process order, the batch of b*P that one
+    process reads at the same step (so the global batch does not depend on the process count)."""
+    images = _coded_images(7)  # 7 images: steps cross epoch boundaries at different offsets
+    full = data.image_stream(images, batch_size=6, crop=32, seed=0, stream=0)
+    for count, per in ((2, 3), (3, 2), (6, 1)):
+        shares = [data.image_stream(images, batch_size=per, crop=32, seed=0, stream=0, process_index=p,
+                                    process_count=count) for p in range(count)]
+        for k in (0, 1, 4):
+            np.testing.assert_array_equal(np.concatenate([s[k] for s in shares]), full[k])
+    # Resuming a share at step s reads what it would have read at step s.
+    later = data.take(data.pair_batches(images, images, batch_size=3, crop=32, seed=0, start_step=2,
+                                        process_index=1, process_count=2), 2)
+    whole = data.take(data.pair_batches(images, images, batch_size=6, crop=32, seed=0, start_step=2), 2)
+    for (c, s), (wc, ws) in zip(later, whole):
+        np.testing.assert_array_equal(c, wc[3:])
+        np.testing.assert_array_equal(s, ws[3:])
 
 
 def test_worker_processes_give_the_same_batches(folder):

@@ -13,6 +13,11 @@ Examples::
     nst-train --content-tfds coco/2017 --style-tfds my_wikiart --tfds-data-dir ~/tensorflow_datasets \\
         --workdir runs/adain-tfds
 
+Several processes (one per machine, or per accelerator) run the same command with
+``--coordinator-address HOST:PORT --num-processes N --process-id I`` (I = 0 .. N-1, HOST:PORT on
+process 0's machine), or ``--distributed`` alone under SLURM, Open MPI, Kubernetes or Cloud TPU;
+``--workdir`` must then be one folder all of them share, and ``--batch-size`` is the global batch.
+
 Ctrl-C saves a checkpoint at the current step and exits with status 130 (press it twice to quit
 at once). Errors print ``error: <message>`` and exit with status 2.
 """
@@ -20,6 +25,7 @@ at once). Errors print ``error: <message>`` and exit with status 2.
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -47,6 +53,7 @@ def build_parser() -> cli.ArgumentParser:
     return cli.build_parser(
         PROG, "Train the AdaIN decoder (Huang & Belongie 2017) with data parallelism and checkpoints.",
         [(TrainOptions, ()), (train.TrainConfig, ())],
+        groups=[("processes", "several processes (machines)")],
         epilog="Loss norms and how --style-weight relates between them: see the nst_jax.train docstring.")
 
 
@@ -92,8 +99,9 @@ def _run(argv: Sequence[str] | None) -> int:
     compile_cache.enable()  # before the first compile; the library itself never sets it
     config = cli.from_args(train.TrainConfig, args)
     train.check_config(config)
+    info = train.initialize_processes(config, on_stall=_stalled)  # before anything else touches JAX
     stop = threading.Event()
-    bar = _ProgressBar(enabled=not args.no_progress)
+    bar = _ProgressBar(enabled=not args.no_progress and info.is_main)
     previous = signal.signal(signal.SIGINT, _Interrupt(stop))
     try:
         result = train.train(config, args.workdir, callback=bar, stop=stop)
@@ -111,13 +119,37 @@ def _run(argv: Sequence[str] | None) -> int:
         print(f"interrupted at step {result.step}; checkpoint saved in {args.workdir}; rerun the same "
               "command to resume", file=sys.stderr)
         return cli.EXIT_INTERRUPTED
-    print(f"trained to step {result.step}; decoder: {result.decoder_path}")
+    if info.is_main:
+        print(f"trained to step {result.step}; decoder: {result.decoder_path}")
+    else:
+        print(f"process {info.index} of {info.count}: trained to step {result.step}")
     return 0
+
+
+def _stalled(message: str) -> None:
+    # Runs in a timer thread while JAX waits inside C++ for the other processes: ending here is the
+    # only way to give one line instead of JAX's abort with a C++ log a little later.
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(cli.EXIT_USER_ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_run, argv, weights_message=cli.weights_flags({"adain_vgg": "--vgg"}))
+    rc = cli.run_main(_run, argv, weights_message=cli.weights_flags({"adain_vgg": "--vgg"}))
+    if rc != 0 and _several_processes():
+        # JAX's exit handler waits at a shutdown barrier for every process; after a failure the
+        # others may never come (a dead peer is only declared after a 100 s heartbeat timeout), so
+        # leave at once with the message already printed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+    return rc
+
+
+def _several_processes() -> bool:
+    import jax
+
+    return jax.distributed.is_initialized() and jax.process_count() > 1
 
 
 def console() -> None:
