@@ -239,6 +239,9 @@ def agree(name: str, value: str, info: ProcessInfo, *, timeout_s: float = DEFAUL
     client.key_value_set(f"{prefix}/{info.index}", value)
     barrier(f"agree/{name}", info, timeout_s=timeout_s)
     values = {int(key.rpartition("/")[2]): v for key, v in client.key_value_dir_get(prefix)}
+    # Nobody raises (and exits, taking the coordinator with it when it is process 0) before every
+    # process has read the values: each then gives the same one-line error.
+    barrier(f"agree/{name}/read", info, timeout_s=timeout_s)
     differ = sorted(i for i, v in values.items() if v != values.get(0))
     if differ:
         what = flag or name
