@@ -247,6 +247,57 @@ def test_runs_queue_and_stop_keeps_the_image(client, images):
     assert list(client.events(f"/api/runs/{second['run']}/events"))[-1]["status"] == "done"
 
 
+def _watch(client, run_id: str, until):
+    """Opens a run's event stream and reads it until ``until(state)``; returns the open response."""
+    f = client.opener.open(f"{client.base}/api/runs/{run_id}/events", timeout=300)
+    for line in f:
+        if line.startswith(b"data:") and until(json.loads(line[5:])):
+            return f
+    raise AssertionError(f"run {run_id}'s stream ended before the awaited state")
+
+
+def _wait(predicate, seconds: float = 120.0) -> float:
+    """Polls ``predicate`` until true; returns the time it took (fails after ``seconds``)."""
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < seconds, "timed out"
+        time.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def test_dropped_event_streams_stop_the_sessions_runs(app_server, client, images, monkeypatch):
+    """A tab that goes without its close request: its last stream drops, the grace passes, its runs stop."""
+    app, _ = app_server
+    grace = 1.5
+    monkeypatch.setattr(app.sessions, "stream_grace", grace)
+    for slot, path in zip(("content", "style"), images):
+        client.request(f"/api/upload/{slot}", path.read_bytes(), "POST", {"X-Filename": path.name})
+    # The shapes and chunk of the other Gatys tests: one compiled program serves them all.
+    ids = [client.json("/api/gatys", {"size": 32, "iterations": 3000, "update_every": 4})[1]["run"]
+           for _ in range(2)]
+    session = next(s for s in app.sessions._sessions.values() if s.run(ids[0]) is not None)
+    running, queued = (session.run(i) for i in ids)
+    first = _watch(client, ids[0], lambda s: s["frame"] >= 1)
+    # Another stream of the session opens before the first drops: nothing is stopped.
+    second = _watch(client, ids[1], lambda s: s["status"] == "queued")
+    first.close()
+    time.sleep(2 * grace)
+    assert not running.cancel.is_set() and running.feed.status == "running"
+    # The last stream drops (the socket closes, as when the browser is killed): after the grace
+    # the running run stops at its next chunk, keeping its image, and the queued one is dropped.
+    second.close()
+    dropped = time.monotonic()
+    _wait(lambda: running.finished and queued.finished)
+    assert time.monotonic() - dropped >= grace
+    assert running.feed.status == queued.feed.status == "stopped"
+    assert 0 < running.feed.iteration < 3000 and running.feed.latest_image()[1] is not None
+    assert queued.feed.message == "stopped before it started"
+    # The session itself lives on (a reloaded page continues it); the device is free again.
+    assert client.request("/api/input/content")[0] == 200
+    status, body = client.json("/api/gatys", {"size": 32, "iterations": 4, "update_every": 4})
+    assert list(client.events(f"/api/runs/{body['run']}/events"))[-1]["status"] == "done"
+
+
 def test_live_view_serves_what_is_published():
     from nst_jax.app.live import LiveView
 

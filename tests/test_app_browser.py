@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shlex
+import time
 
 import numpy as np
 import pytest
@@ -27,14 +28,19 @@ if os.environ.get("CI") != "true" and not CHROMIUM.exists():
 
 
 @pytest.fixture(scope="module")
-def served():
+def served_app():
     from nst_jax.app import server
 
     app = server.App(weight_paths())
     srv = server.Server(app).start()
-    yield srv.url
+    yield app, srv.url
     srv.stop()
     app.close()
+
+
+@pytest.fixture(scope="module")
+def served(served_app):
+    return served_app[1]
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +166,40 @@ def test_bad_upload_shows_a_message(page, tmp_path):
     page.click("#adain-run")
     page.wait_for_function("document.getElementById('adain-image').dataset.version === '1'")
     assert page.is_hidden("#message")
+
+
+def test_closing_the_tab_without_its_close_request_frees_the_device(browser, served_app, images, monkeypatch):
+    """A tab killed without its page-hide request: its event stream drops, and after the grace its run stops."""
+    app, url = served_app
+    grace = 2.0
+    monkeypatch.setattr(app.sessions, "stream_grace", grace)
+    context = browser.new_context()
+    # The page's close request is never sent, whether or not Chromium runs the page-hide handler
+    # (a beacon sent while the page goes may escape request interception).
+    context.add_init_script("navigator.sendBeacon = () => true;")
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    _upload(page, *images)
+    page.fill("#g-size", "32")  # the shapes and chunk of the other Gatys tests: no new compile
+    page.fill("#g-iterations", "3000")
+    page.fill("#g-update", "4")
+    page.click("#g-start")
+    page.wait_for_function("Number(document.getElementById('g-image').dataset.updates) >= 1 && "
+                           "document.getElementById('g-status').dataset.status === 'running'")
+    run_id = page.get_attribute("#g-download", "href").split("/")[-1].split("?")[0]
+    session = next(s for s in app.sessions._sessions.values() if s.run(run_id) is not None)
+    run = session.run(run_id)
+    assert not run.finished
+    closed = time.monotonic()
+    page.close(run_before_unload=False)
+    context.close()
+    while not run.finished and time.monotonic() - closed < 120:
+        time.sleep(0.02)
+    waited = time.monotonic() - closed
+    # Stopped by the dropped stream (not too early: the grace lets a stream reconnect), at a chunk
+    # boundary, keeping its image; the session was not closed by a request.
+    assert run.feed.status == "stopped" and run.feed.message.startswith("stopped at iteration")
+    assert grace <= waited < 120 and 0 < run.feed.iteration < 3000
+    assert run.feed.latest_image()[1] is not None
+    assert app.sessions.get(session.id) is session

@@ -11,6 +11,9 @@ page):
   server-sent events; ``GET /api/runs/{id}/frame`` its latest image; ``POST /api/runs/{id}/stop``;
 * ``GET /api/download/{adain|run id}?bits=8|16`` the result as a PNG file;
 * ``POST /api/session/close`` the tab is going away: stop its runs, delete its files.
+
+A tab that goes without saying so is noticed by its event stream dropping: when none of the
+session's streams comes back within ``stream_grace`` seconds, the session's runs are stopped.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ COOKIE = "nst_session"
 MAX_JSON_BYTES = 16 << 10
 EVENT_POLL_S = 0.05
 KEEPALIVE_S = 15.0
+# A session whose last event stream dropped and did not come back within this many seconds has
+# lost its tab (closed without its page-hide request, crashed, network gone): its runs are stopped.
+STREAM_GRACE_S = 10.0
 STATIC = {"app.js": "text/javascript", "style.css": "text/css"}
 
 
@@ -87,10 +93,27 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def feed_stream(request: Request, feed: Feed, touch: Callable[[], None] = lambda: None) -> StreamingResponse:
-    """Server-sent events: the feed's state after every change, until it finishes or the tab goes."""
+def feed_stream(request: Request, feed: Feed, touch: Callable[[], None] = lambda: None,
+                on_open: Callable[[], None] = lambda: None,
+                on_end: Callable[[bool], None] = lambda dropped: None) -> StreamingResponse:
+    """Server-sent events: the feed's state after every change, until it finishes or the tab goes.
+
+    ``on_open()`` is called when the stream starts and ``on_end(dropped)`` once when it ends;
+    ``dropped`` is true when it ended before its feed finished: the browser went away (a closed
+    tab, a lost connection) or the server is stopping.
+    """
 
     async def events():
+        on_open()
+        complete = False
+        try:
+            async for chunk in states():
+                yield chunk
+            complete = feed.status in FINISHED
+        finally:  # also reached when the server cancels the stream on a client disconnect
+            on_end(not complete)
+
+    async def states():
         seen, last_sent = -1, time.monotonic()
         while True:
             if feed.version != seen:
@@ -125,10 +148,10 @@ class App:
     """The application state: the engine (device thread), the sessions, the weights to use."""
 
     def __init__(self, weights: jobs.WeightPaths = jobs.WeightPaths(), *, session_timeout: float = 1800.0,
-                 max_upload_bytes: int = MAX_UPLOAD_BYTES):
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES, stream_grace: float = STREAM_GRACE_S):
         self.weights = weights
         self.engine = jobs.Engine(weights)
-        self.sessions = Sessions(self.engine, timeout=session_timeout)
+        self.sessions = Sessions(self.engine, timeout=session_timeout, stream_grace=stream_grace)
         self.max_upload_bytes = max_upload_bytes
         self._janitor_stop = threading.Event()
         self._janitor = threading.Thread(target=self._sweep, name="nst-app-sessions", daemon=True)
@@ -152,6 +175,7 @@ class App:
 
     def close(self) -> None:
         self._janitor_stop.set()
+        self.sessions.cancel_timers()
         self.sessions.close_all()
         self.engine.close()
 
@@ -264,7 +288,9 @@ class App:
 
     async def run_events(self, request: Request) -> Response:
         session, run = self._run(request)
-        return feed_stream(request, run.feed, touch=lambda: setattr(session, "last_seen", time.monotonic()))
+        return feed_stream(request, run.feed, touch=lambda: setattr(session, "last_seen", time.monotonic()),
+                           on_open=lambda: self.sessions.stream_opened(session),
+                           on_end=lambda dropped: self.sessions.stream_ended(session, dropped))
 
     async def run_frame(self, request: Request) -> Response:
         _, run = self._run(request)

@@ -4,7 +4,10 @@ A browser tab gets a session when it loads the page. Its uploads are written und
 server chooses inside the session's folder (the browser's file name is kept only as text for
 display and the command line). A session ends when the tab says so (page hide), after
 ``timeout`` seconds without a request, or when the server stops; its runs are stopped and its
-folder deleted.
+folder deleted. A tab that goes without saying so (killed, crashed, its page-hide request lost)
+drops its event stream: when no stream of the session is open again ``stream_grace`` seconds
+later, the session's queued and running runs are stopped (a running one after its current
+chunk, keeping its image), so the device is free for the others.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class Session:
         self.results: dict[str, np.ndarray] = {}  # "adain" -> last AdaIN image
         self.commands: dict[str, str] = {}
         self.runs: list[jobs.Run] = []  # the latest MAX_RUNS, so memory does not grow with use
+        self.streams = 0  # open event streams (guarded by lock)
+        self.stream_epoch = 0  # grows with every stream opened (guarded by lock)
         self._names = itertools.count()
 
     def add_run(self, run: jobs.Run) -> None:
@@ -138,9 +143,11 @@ class Session:
 class Sessions:
     """All live sessions of one server; ``close`` and ``sweep`` stop their runs and delete their files."""
 
-    def __init__(self, engine: jobs.Engine, timeout: float = 1800.0):
+    def __init__(self, engine: jobs.Engine, timeout: float = 1800.0, stream_grace: float = 10.0):
         self.engine = engine
         self.timeout = timeout
+        self.stream_grace = stream_grace
+        self._timers: set[threading.Timer] = set()
         self.root = Path(tempfile.mkdtemp(prefix="nst-app-"))
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
@@ -169,6 +176,43 @@ class Sessions:
             for run in session.runs:
                 self.engine.stop(run)
             shutil.rmtree(session.dir, ignore_errors=True)
+
+    def stream_opened(self, session: Session) -> None:
+        with session.lock:
+            session.streams += 1
+            session.stream_epoch += 1
+
+    def stream_ended(self, session: Session, dropped: bool) -> None:
+        """Counts a stream's end; a dropped last stream starts the grace period of its session."""
+        with session.lock:
+            session.streams -= 1
+            if not dropped or session.streams > 0:
+                return
+            epoch = session.stream_epoch
+            runs = [r for r in session.runs if not r.finished]
+        if not runs:
+            return
+        timer = threading.Timer(self.stream_grace, self._stop_orphaned, (session, epoch, runs))
+        timer.daemon = True
+        timer.name = "nst-app-stream-grace"
+        with self._lock:
+            self._timers.add(timer)
+        timer.start()
+
+    def _stop_orphaned(self, session: Session, epoch: int, runs: list[jobs.Run]) -> None:
+        with self._lock:
+            self._timers.discard(threading.current_thread())
+        with session.lock:
+            if session.streams > 0 or session.stream_epoch != epoch:
+                return  # a stream is open again (EventSource reconnected, a new run is watched)
+        for run in runs:
+            self.engine.stop(run)
+
+    def cancel_timers(self) -> None:
+        with self._lock:
+            timers, self._timers = list(self._timers), set()
+        for timer in timers:
+            timer.cancel()
 
     def sweep(self, now: float | None = None) -> int:
         """Ends the sessions idle for longer than ``timeout``; returns how many."""
