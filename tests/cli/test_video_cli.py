@@ -22,6 +22,8 @@ ADAIN = ["--vgg", str(FIXTURES / "adain" / "vgg_normalised_narrow.pth"),
          "--decoder", str(FIXTURES / "adain" / "decoder_narrow.pth"), "--no-progress"]
 GATYS = ["--weights", str(FIXTURES / "gatys" / "vgg19_narrow.pth"), "--iterations", "3", "--video-iterations", "2",
          "--no-progress"]
+# The frame size, batch and Gatys config of tests/test_video_style.py: in one process (or through the
+# persistent compilation cache) these runs reuse its compiled programs.
 KEYS = {"frames", "fps", "seconds_per_frame", "temporal_error"}
 
 
@@ -34,8 +36,8 @@ def clip(tmp_path_factory):
 
 def test_adain_clip_to_clip(clip, tmp_path, capsys):
     out, metrics = tmp_path / "out.mp4", tmp_path / "m.json"
-    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--temporal-smoothing", "0.5",
-                         "--metrics-json", str(metrics), *ADAIN])
+    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "4",
+                         "--temporal-smoothing", "0.5", "--metrics-json", str(metrics), *ADAIN])
     assert rc == 0, capsys.readouterr().err
     src, dst = _clips.streams(clip), _clips.streams(out)
     assert dst["video"] == src["video"] == 5 and dst["rate"] == src["rate"] and dst["audio"] > 0
@@ -63,7 +65,7 @@ def test_ctrl_c_keeps_a_shorter_valid_video(clip, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(cli_video, "_bar", bar)
     out = tmp_path / "out.mp4"
-    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "2", *ADAIN])
+    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "4", *ADAIN])
     assert rc == 130
     assert "interrupted: 2 frame(s)" in capsys.readouterr().err
     got = _clips.streams(out)
