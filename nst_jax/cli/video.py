@@ -17,8 +17,9 @@ import sys
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from nst_jax import cli, files, flow, video, video_style
+from nst_jax import cli, files, flow, memory, video, video_style
 from nst_jax import image as imageio
+from nst_jax.errors import MemoryBudgetError
 
 option = cli.option
 GROUP = ("video", "video (when --content is a clip: .mp4, .mov, .mkv, .webm, .avi, ...)")
@@ -72,9 +73,56 @@ def _style(path, height: int):
     return jnp.asarray(imageio.resize(img, height=height))[None]
 
 
+def _frame_shapes(content, size: int | None) -> list[tuple[int, int]]:
+    """(height, width) the frames may have after ``--size``, from the header, both orientations.
+
+    Rotation metadata is only known after decoding a frame, so both are counted (the check errs on
+    the safe side for a rotated phone clip resized by --size).
+    """
+    h, w = video.header_size(content)
+    return [(size, max(1, round(size * ww / hh))) if size else (hh, ww) for hh, ww in {(h, w), (w, h)}]
+
+
+def _budget(args) -> int:
+    return int(args.max_memory * 2**30) if getattr(args, "max_memory", None) else memory.available_bytes()
+
+
+def _refuse(need: int, budget: int, shape: tuple[int, int], what: str, fix: str) -> None:
+    if need > budget:
+        h, w = shape
+        raise MemoryBudgetError(f"{what} at {w}x{h} px need about {need / 2**30:.1f} GiB but "
+                                f"{budget / 2**30:.1f} GiB are available; {fix}, or raise --max-memory if "
+                                "you know better")
+
+
+def check_gatys_memory(args, config, params) -> None:
+    """Refuses a clip whose frames (after ``--size``) would not fit, from the header, before decoding."""
+    budget = _budget(args)
+    need, shape = max((memory.gatys_bytes(h, w, params, config), (h, w)) for h, w in
+                      _frame_shapes(args.content, args.size))
+    _refuse(need, budget, shape, "frames", "lower --size, add --remat or --dtype bfloat16")
+
+
+def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None:
+    """As :func:`check_gatys_memory` for AdaIN, counting ``--batch`` frames per call and the styles."""
+    budget = _budget(args)
+    worst = (0, (0, 0))
+    for h, w in _frame_shapes(args.content, config.size):
+        style_hws = []
+        for p in styles:
+            sh, sw = imageio.image_size(p, "style image")
+            height = config.style_size or h
+            style_hws.append((height, max(1, round(height * sw / sh))))
+        need = memory.adain_bytes((h, w), style_hws, vgg_params, decoder_params, batch=args.batch)
+        worst = max(worst, (need, (h, w)))
+    _refuse(worst[0], budget, worst[1], f"batches of {args.batch} frames",
+            "lower --batch or --size (and --style-size)")
+
+
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
     video.check_output(args.output, source=args.content)
+    check_gatys_memory(args, config, params)
     info = video.probe(args.content)
     height = args.size or info.height
     styles = [_style(p, max(1, round(height * args.style_scale))) for p in (args.style or [None])]
@@ -94,6 +142,7 @@ def adain(args, config, vgg_params, decoder_params, styles, interpolation_weight
     """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
+    check_adain_memory(args, config, vgg_params, decoder_params, styles)
     info = video.probe(args.content)
     height = config.size or info.height
     style_height = config.style_size or height

@@ -89,3 +89,30 @@ def test_bad_inputs_exit_2(clip, tmp_path, capsys):
     assert "video --content" in _error(capsys, gatys_cli.main(["--content", str(clip), "-o", out, "--multiscale",
                                                                 *GATYS]))
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_memory_check_refuses_from_the_header(clip, tmp_path, monkeypatch, capsys):
+    from nst_jax import memory, video, weights
+
+    def decoded(*a, **k):
+        raise AssertionError("a frame was decoded before the memory check")
+
+    monkeypatch.setattr(video, "probe", decoded)
+    monkeypatch.setattr(video, "read_frames", decoded)
+    out = tmp_path / "o.mp4"
+    err = _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(out), "--max-memory", "0.001",
+                                         "--size", "64", *GATYS]))
+    assert "frames at 96x64 px need about" in err and "--max-memory" in err and "--size" in err
+    # AdaIN counts --batch: a budget that holds one 32x48 frame (and its style) refuses a batch of 4.
+    vgg = weights.load_adain_vgg(FIXTURES / "adain" / "vgg_normalised_narrow.pth")
+    dec = weights.load_adain_decoder(FIXTURES / "adain" / "decoder_narrow.pth")
+    one = memory.adain_bytes((32, 48), [(32, 48)], vgg, dec, batch=1)
+    budget = str(1.5 * one / 2**30)
+    style = tmp_path / "style.png"
+    from nst_jax import image
+
+    image.save_image(style, _clips.pan_frames(1, h=32, w=48)[0])
+    err = _error(capsys, adain_cli.main(["--content", str(clip), "-o", str(out), "--style", str(style),
+                                         "--size", "32", "--batch", "4", "--max-memory", budget, *ADAIN]))
+    assert "batches of 4 frames at 48x32 px need about" in err and "--batch" in err
+    assert not out.exists()
