@@ -1,7 +1,8 @@
 """Video halves of ``nst-gatys`` and ``nst-adain``: a clip as ``--content``.
 
-The commands detect a clip by its extension (:func:`nst_jax.video.is_video_file`; a folder stays a
-folder of still images for ``nst-adain``) and hand over here. An output without extension is a folder
+The commands detect a clip by its extension (:func:`nst_jax.video.is_video_file`); a folder of
+numbered frames is a clip only with ``--video`` (:func:`is_video_input`: without it a folder stays a
+folder of still images for ``nst-adain``), and hand over here. An output without extension is a folder
 of numbered PNG frames. Frames are read one at a time, stylized (:mod:`nst_jax.video_style`), and written as
 they are done, with the input's timestamps and audio; a progress bar counts frames; Ctrl-C finishes
 the video written so far and exits 130.
@@ -13,16 +14,34 @@ import dataclasses
 import functools
 import json
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 from tqdm import tqdm
 
 from nst_jax import cli, files, flow, memory, video, video_style
 from nst_jax import image as imageio
-from nst_jax.errors import MemoryBudgetError
+from nst_jax.errors import ConfigError, MemoryBudgetError
 
 option = cli.option
 GROUP = ("video", "video (when --content is a clip: .mp4, .mov, .mkv, .webm, .avi, ...)")
+
+
+FRAMES_HELP = (f"--content is a folder of numbered frames (e.g. frame_0001.png, ordered by the last digits "
+               f"in each name) forming one clip at {video.DEFAULT_FOLDER_FPS} fps; without this flag a folder "
+               "is a set of still images (nst-adain). A clip file (.mp4, ...) needs no flag")
+
+
+def is_video_input(args) -> bool:
+    """The rule both commands use: a clip file by its extension, a folder of frames only with --video."""
+    if not args.content:
+        return False
+    if getattr(args, "video", False):
+        if not (video.is_video_file(args.content) or Path(args.content).is_dir()):
+            raise ConfigError(f"--video needs --content to be a folder of numbered frames or a clip, got "
+                              f"{args.content}; drop --video for a still image")
+        return True
+    return video.is_video_file(args.content)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +53,7 @@ class GatysVideoOptions:
     video_iterations: int = option(100, "iterations of each frame after the first (which gets --iterations)",
                                    group="video", min=">=0")
     flow: str = option("dis", "optical flow method", group="video", choices=flow.FLOW_METHODS)
+    video: bool = option(False, FRAMES_HELP, group="video")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +62,7 @@ class AdainVideoOptions:
 
     temporal_smoothing: float = option(0.0, "blend each frame with the previous output warped by the optical flow "
                                        "where the flow is consistent, 0 (off) to <1", group="video", min=">=0")
+    video: bool = option(False, FRAMES_HELP, group="video")
     batch: int = option(8, "frames stylized per compiled call", group="video", min=">0")
     metrics_json: str | None = option(None, "write frames, fps, seconds_per_frame and temporal_error as JSON "
                                       "here (videos)", group="video", metavar="PATH")

@@ -116,3 +116,29 @@ def test_memory_check_refuses_from_the_header(clip, tmp_path, monkeypatch, capsy
                                          "--size", "32", "--batch", "4", "--max-memory", budget, *ADAIN]))
     assert "batches of 4 frames at 48x32 px need about" in err and "--batch" in err
     assert not out.exists()
+
+
+def test_folder_of_numbered_frames_with_video_flag(tmp_path, capsys):
+    from nst_jax import image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(_clips.pan_frames(3, h=32, w=48)):
+        image.save_image(frames / f"{i + 1:05d}.png", f)
+    # nst-gatys: folder in, folder of PNG frames out.
+    out = tmp_path / "gatys_frames"
+    assert gatys_cli.main(["--content", str(frames), "--video", "-o", str(out), *GATYS]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    # nst-adain: folder in, clip out at the folder rate; without --video the folder is still images.
+    clip_out = tmp_path / "out.mp4"
+    assert adain_cli.main(["--content", str(frames), "--video", "-o", str(clip_out), "--size", "32",
+                           "--batch", "4", *ADAIN]) == 0, capsys.readouterr().err
+    got = _clips.streams(clip_out)
+    assert got["video"] == 3 and got["rate"] == 25 and got["audio"] == 0
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    assert adain_cli.main(["--content", str(frames), "-o", str(stills), "--size", "32", *ADAIN]) == 0
+    assert len(list(stills.glob("0000?_stylized_*.png"))) == 3  # one still per image (plus a grid)
+    assert "--video needs" in _error(capsys, adain_cli.main(["--content", str(frames / "00001.png"), "--video",
+                                                             "-o", str(tmp_path / "x.mp4"), *ADAIN]))
