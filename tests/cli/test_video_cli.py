@@ -140,5 +140,6 @@ def test_folder_of_numbered_frames_with_video_flag(tmp_path, capsys):
     stills.mkdir()
     assert adain_cli.main(["--content", str(frames), "-o", str(stills), "--size", "32", *ADAIN]) == 0
     assert len(list(stills.glob("0000?_stylized_*.png"))) == 3  # one still per image (plus a grid)
+    capsys.readouterr()  # the runs' "saved" lines
     assert "--video needs" in _error(capsys, adain_cli.main(["--content", str(frames / "00001.png"), "--video",
                                                              "-o", str(tmp_path / "x.mp4"), *ADAIN]))
