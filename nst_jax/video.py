@@ -133,6 +133,27 @@ def _rotation(stream, first_frame) -> int:
     return int(round(degrees / 90.0)) % 4 * 90
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The stored ``(height, width)`` of a clip's frames from its container header, decoding nothing.
+
+    Rotation metadata is not applied (it is read from the first decoded frame, :func:`probe`): a
+    caller bounding memory should count both orientations. A folder gives its first frame's header.
+
+    Raises:
+      InputImageError: missing path, not a video, no video stream, empty folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return imagemod.image_size(_folder_frames(path)[0], "first frame")
+    with _opened(path) as container:
+        ctx = container.streams.video[0].codec_context
+        h, w = int(ctx.height), int(ctx.width)
+    if h <= 0 or w <= 0:
+        raise InputImageError(f"{path}: the container does not declare a frame size; re-encode the clip")
+    _check_pixels(path, h, w)
+    return h, w
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Reads a clip's size, rate, frame count, rotation and audio presence (decodes one frame).
 

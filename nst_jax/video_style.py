@@ -111,29 +111,59 @@ def stylize_frame(prev_warped: Array | None, mask: Array | None, frame: Array, p
     return x, frame_objective(x, *args, config)
 
 
+def _program_config(config: gatys.GatysConfig) -> gatys.GatysConfig:
+    """``config`` without what the compiled per-frame programs do not depend on.
+
+    Neither the iteration count (traced) nor the colour mode (applied outside the optimization)
+    is part of a program, so configs that differ only there share one compilation.
+    """
+    return dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr", color_transform="eig")
+
+
 def frame_program(config: gatys.GatysConfig, first: bool):
     """The compiled :func:`stylize_frame` for ``config`` (cached; iterations and colour are not static).
 
     ``first=True``: ``(frame, params, targets, weights, iterations)``, started from ``config.init``;
     else ``(warped, mask, frame, params, targets, weights, temporal_weight, iterations)``.
+
+    Both run ONE compiled optimization: the first frame is the later-frame program started from
+    ``gatys.initial_image`` with an all-zero mask and temporal weight 0, which is exactly what
+    :func:`stylize_frame` does for ``prev_warped=None`` (the same objective, start and solver), so a
+    clip compiles the expensive solver loop once, not twice.
     """
-    # Neither the iteration count nor the colour mode (applied outside) is part of the program.
-    return _frame_program(dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr",
-                                              color_transform="eig"), first)
+    config = _program_config(config)
+    step = _frame_program(config)
+    if not first:
+        return step
+    start = _initial_program(config)
+
+    def first_frame(frame, params, targets, weights, iterations):
+        x0 = start(frame)
+        return step(x0[0], jnp.zeros(frame.shape[1:3], jnp.float32), frame, params, targets, weights, 0.0,
+                    iterations)
+
+    return first_frame
 
 
 @functools.lru_cache(maxsize=8)
-def _frame_program(config: gatys.GatysConfig, first: bool):
-    if first:
-        return jax.jit(lambda frame, params, targets, weights, iterations: stylize_frame(
-            None, None, frame, params, targets, weights, config, iterations=iterations))
+def _frame_program(config: gatys.GatysConfig):
     return jax.jit(lambda warped, mask, frame, params, targets, weights, tw, iterations: stylize_frame(
         warped, mask, frame, params, targets, weights, config, temporal_weight=tw, iterations=iterations))
 
 
-_style_terms = jax.jit(lambda x, params, targets, weights, config: gatys.loss_terms(
-    x, params, targets._replace(content=content_features(params, x, config)), weights, config),
-    static_argnames=("config",))
+@functools.lru_cache(maxsize=8)
+def _initial_program(config: gatys.GatysConfig):
+    return jax.jit(lambda frame: gatys.initial_image(frame, config, jax.random.key(0)))
+
+
+@functools.lru_cache(maxsize=8)
+def _style_terms_program(config: gatys.GatysConfig):
+    return jax.jit(lambda x, params, targets, weights: gatys.loss_terms(
+        x, params, targets._replace(content=content_features(params, x, config)), weights, config))
+
+
+def _style_terms(x, params, targets, weights, config):
+    return _style_terms_program(_program_config(config))(x, params, targets, weights)
 
 
 @jax.jit

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,7 +16,10 @@ from nst_jax import adain, gatys, image, video_style, weights  # noqa: E402
 from nst_jax.errors import ConfigError  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+# One tiny frame size and one program config for every Gatys test here (and the CLI tests): the
+# per-frame program is compiled once per (config without iterations/colour, frame size).
 CONFIG = gatys.GatysConfig(iterations=20)
+H, W = 32, 48  # the temporal-loss claim below needs this much image (at 24x32 style loss is 1.3x)
 
 
 @pytest.fixture(scope="module")
@@ -38,27 +42,34 @@ def test_temporal_loss_closed_form():
 
 
 def test_stylize_frame_zero_iterations_returns_the_warped_start(narrow_vgg19, style):
-    frame = jnp.asarray(_clips.pan_frames(1, h=32, w=48)[0])[None]
+    frame = jnp.asarray(_clips.pan_frames(1, h=H, w=W)[0])[None]
     targets = video_style.style_targets(narrow_vgg19, frame, style, CONFIG)
-    warped = jnp.full((32, 48, 3), 0.25)
+    warped = jnp.full((H, W, 3), 0.25)
     prog = video_style.frame_program(CONFIG, first=False)  # the program run_gatys uses
     w = gatys.loss_weights(CONFIG)
-    x, loss = prog(warped, jnp.ones((32, 48)), frame, narrow_vgg19, targets, w, 1.0, 0)
+    x, loss = prog(warped, jnp.ones((H, W)), frame, narrow_vgg19, targets, w, 1.0, 0)
     np.testing.assert_array_equal(x[0], warped)
+    # The first frame runs the same program from gatys.initial_image (zero mask, temporal weight 0).
+    x0, loss0 = video_style.frame_program(CONFIG, first=True)(frame, narrow_vgg19, targets, w, 0)
+    # content + noise: the compiled program may fuse the sum differently (an ulp or two of values <= ~1).
+    np.testing.assert_allclose(x0, gatys.initial_image(frame, CONFIG, jax.random.key(0)), rtol=0,
+                               atol=4 * np.finfo(np.float32).eps)
+    np.testing.assert_allclose(loss0, gatys.objective(x0, narrow_vgg19, targets._replace(
+        content=video_style.content_features(narrow_vgg19, frame, CONFIG)), w, CONFIG), rtol=1e-5)
     expected = gatys.objective(x, narrow_vgg19, targets._replace(
         content=video_style.content_features(narrow_vgg19, frame, CONFIG)), gatys.loss_weights(CONFIG), CONFIG)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)  # temporal term is 0 at the warped frame
     # A dominant temporal weight holds the consistent pixels at the warped frame.
-    mask = jnp.zeros((32, 48)).at[:, :24].set(1.0)
+    mask = jnp.zeros((H, W)).at[:, :W // 2].set(1.0)
     free, _ = prog(warped, mask, frame, narrow_vgg19, targets, w, 0.0, 5)
     held, _ = prog(warped, mask, frame, narrow_vgg19, targets, w, 1e6, 5)
     moved = lambda x, cols: float(jnp.mean(jnp.abs(x[0, :, cols] - warped[:, cols])))  # noqa: E731
-    assert moved(held, slice(0, 24)) < 0.1 * moved(free, slice(0, 24))
+    assert moved(held, slice(0, W // 2)) < 0.1 * moved(free, slice(0, W // 2))
 
 
 def test_temporal_loss_lowers_flicker_at_similar_style_loss(narrow_vgg19, style):
     """Ruder et al.'s claim on a tiny pan: >= 2x lower temporal error, style loss within 1.2x."""
-    frames = _clips.pan_frames(4, h=32, w=48)
+    frames = _clips.pan_frames(4, h=H, w=W)
     common = dict(video_iterations=10, temporal_weight=100.0)
     ind = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode="independent", **common)
     tmp = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode="temporal", **common)
@@ -75,10 +86,10 @@ def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, style)
             raise KeyboardInterrupt
         written.append(img)
 
-    frames = _clips.pan_frames(5, h=32, w=48)
+    frames = _clips.pan_frames(5, h=H, w=W)
     r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, video_iterations=2, on_frame=on_frame)
     assert r.interrupted and r.frames == 2 == len(written)
-    assert written[0].shape == (32, 48, 3) and 0 <= written[0].min() and written[0].max() <= 1
+    assert written[0].shape == (H, W, 3) and 0 <= written[0].min() and written[0].max() <= 1
 
 
 def test_luminance_colour_keeps_each_frames_chroma(narrow_vgg19, style):
@@ -86,7 +97,7 @@ def test_luminance_colour_keeps_each_frames_chroma(narrow_vgg19, style):
 
     config = gatys.GatysConfig(iterations=3, color="luminance")
     out = []
-    frames = _clips.zoom_frames(2, h=32, w=48)
+    frames = _clips.zoom_frames(2, h=H, w=W)
     video_style.run_gatys(narrow_vgg19, frames, style, config, video_iterations=2,
                           on_frame=lambda i, img: out.append(img))
     assert len(out) == 2
@@ -105,7 +116,7 @@ def test_bad_video_options(narrow_vgg19, style):
 
 def test_adain_frames_without_smoothing_equal_adain_stylize(adain_nets, style):
     vgg_params, dec = adain_nets
-    frames = jnp.asarray(np.stack(_clips.zoom_frames(4, h=32, w=48)))
+    frames = jnp.asarray(np.stack(_clips.zoom_frames(4, h=H, w=W)))
     stats = video_style.style_stats(vgg_params, [style])
     out = video_style.adain_frames_jit(vgg_params, dec, frames, stats, 0.8)
     ref = adain.stylize_jit(vgg_params, dec, frames, style, 0.8)
@@ -114,7 +125,7 @@ def test_adain_frames_without_smoothing_equal_adain_stylize(adain_nets, style):
 
 def test_adain_run_batches_pad_and_smoothing_reduces_flicker(adain_nets, style):
     vgg_params, dec = adain_nets
-    frames = _clips.noise_frames(7, h=32, w=48)
+    frames = _clips.noise_frames(7, h=H, w=W)
     outs, errors = {}, {}
     for s in (0.0, 0.8):
         got = []
@@ -142,7 +153,7 @@ def test_adain_bad_smoothing(adain_nets, style):
 @pytest.fixture(scope="module")
 def clip_with_audio(tmp_path_factory):
     path = tmp_path_factory.mktemp("clip") / "pan.mp4"
-    _clips.write_clip(path, _clips.pan_frames(6, h=32, w=48))
+    _clips.write_clip(path, _clips.pan_frames(6, h=H, w=W))
     return path
 
 

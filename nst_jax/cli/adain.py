@@ -400,7 +400,7 @@ def _main(argv: Sequence[str] | None, done: list[pathlib.Path]) -> int:
             raise ConfigError(f"--mask needs exactly two style images (foreground, background), "
                               f"got {len(styles)}")
         mask = _load_mask(args.mask)
-    if args.content and video.is_video_file(args.content):
+    if cli_video.is_video_input(args):
         if mask is not None:
             raise ConfigError("--mask cannot be used with a video --content; drop it")
         vgg_params, decoder_params = _load_weights(args.vgg, args.decoder, not args.no_progress)

@@ -411,7 +411,7 @@ def _main(argv=None) -> int:
     config = cli.from_args(GatysConfig, args, iterations=level_its[0])
     lw = gatys.loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights,
                             args.tv_weight)
-    if args.content and video.is_video_file(args.content):
+    if cli_video.is_video_input(args):
         unsupported = [f for f, v in (("--sizes/--multiscale", args.sizes or args.multiscale),
                                       ("--content-mask", args.content_mask), ("--tile-size", args.tile_size),
                                       ("--save-every", args.save_every), ("--init-image", args.init_image)) if v]

@@ -1,7 +1,8 @@
 """Video halves of ``nst-gatys`` and ``nst-adain``: a clip as ``--content``.
 
-The commands detect a clip by its extension (:func:`nst_jax.video.is_video_file`; a folder stays a
-folder of still images for ``nst-adain``) and hand over here. An output without extension is a folder
+The commands detect a clip by its extension (:func:`nst_jax.video.is_video_file`); a folder of
+numbered frames is a clip only with ``--video`` (:func:`is_video_input`: without it a folder stays a
+folder of still images for ``nst-adain``), and hand over here. An output without extension is a folder
 of numbered PNG frames. Frames are read one at a time, stylized (:mod:`nst_jax.video_style`), and written as
 they are done, with the input's timestamps and audio; a progress bar counts frames; Ctrl-C finishes
 the video written so far and exits 130.
@@ -13,15 +14,34 @@ import dataclasses
 import functools
 import json
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from nst_jax import cli, files, flow, video, video_style
+from nst_jax import cli, files, flow, memory, video, video_style
 from nst_jax import image as imageio
+from nst_jax.errors import ConfigError, MemoryBudgetError
 
 option = cli.option
 GROUP = ("video", "video (when --content is a clip: .mp4, .mov, .mkv, .webm, .avi, ...)")
+
+
+FRAMES_HELP = (f"--content is a folder of numbered frames (e.g. frame_0001.png, ordered by the last digits "
+               f"in each name) forming one clip at {video.DEFAULT_FOLDER_FPS} fps; without this flag a folder "
+               "is a set of still images (nst-adain). A clip file (.mp4, ...) needs no flag")
+
+
+def is_video_input(args) -> bool:
+    """The rule both commands use: a clip file by its extension, a folder of frames only with --video."""
+    if not args.content:
+        return False
+    if getattr(args, "video", False):
+        if not (video.is_video_file(args.content) or Path(args.content).is_dir()):
+            raise ConfigError(f"--video needs --content to be a folder of numbered frames or a clip, got "
+                              f"{args.content}; drop --video for a still image")
+        return True
+    return video.is_video_file(args.content)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +53,7 @@ class GatysVideoOptions:
     video_iterations: int = option(100, "iterations of each frame after the first (which gets --iterations)",
                                    group="video", min=">=0")
     flow: str = option("dis", "optical flow method", group="video", choices=flow.FLOW_METHODS)
+    video: bool = option(False, FRAMES_HELP, group="video")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +62,7 @@ class AdainVideoOptions:
 
     temporal_smoothing: float = option(0.0, "blend each frame with the previous output warped by the optical flow "
                                        "where the flow is consistent, 0 (off) to <1", group="video", min=">=0")
+    video: bool = option(False, FRAMES_HELP, group="video")
     batch: int = option(8, "frames stylized per compiled call", group="video", min=">0")
     metrics_json: str | None = option(None, "write frames, fps, seconds_per_frame and temporal_error as JSON "
                                       "here (videos)", group="video", metavar="PATH")
@@ -72,9 +94,56 @@ def _style(path, height: int):
     return jnp.asarray(imageio.resize(img, height=height))[None]
 
 
+def _frame_shapes(content, size: int | None) -> list[tuple[int, int]]:
+    """(height, width) the frames may have after ``--size``, from the header, both orientations.
+
+    Rotation metadata is only known after decoding a frame, so both are counted (the check errs on
+    the safe side for a rotated phone clip resized by --size).
+    """
+    h, w = video.header_size(content)
+    return [(size, max(1, round(size * ww / hh))) if size else (hh, ww) for hh, ww in {(h, w), (w, h)}]
+
+
+def _budget(args) -> int:
+    return int(args.max_memory * 2**30) if getattr(args, "max_memory", None) else memory.available_bytes()
+
+
+def _refuse(need: int, budget: int, shape: tuple[int, int], what: str, fix: str) -> None:
+    if need > budget:
+        h, w = shape
+        raise MemoryBudgetError(f"{what} at {w}x{h} px need about {need / 2**30:.1f} GiB but "
+                                f"{budget / 2**30:.1f} GiB are available; {fix}, or raise --max-memory if "
+                                "you know better")
+
+
+def check_gatys_memory(args, config, params) -> None:
+    """Refuses a clip whose frames (after ``--size``) would not fit, from the header, before decoding."""
+    budget = _budget(args)
+    need, shape = max((memory.gatys_bytes(h, w, params, config), (h, w)) for h, w in
+                      _frame_shapes(args.content, args.size))
+    _refuse(need, budget, shape, "frames", "lower --size, add --remat or --dtype bfloat16")
+
+
+def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None:
+    """As :func:`check_gatys_memory` for AdaIN, counting ``--batch`` frames per call and the styles."""
+    budget = _budget(args)
+    worst = (0, (0, 0))
+    for h, w in _frame_shapes(args.content, config.size):
+        style_hws = []
+        for p in styles:
+            sh, sw = imageio.image_size(p, "style image")
+            height = config.style_size or h
+            style_hws.append((height, max(1, round(height * sw / sh))))
+        need = memory.adain_bytes((h, w), style_hws, vgg_params, decoder_params, batch=args.batch)
+        worst = max(worst, (need, (h, w)))
+    _refuse(worst[0], budget, worst[1], f"batches of {args.batch} frames",
+            "lower --batch or --size (and --style-size)")
+
+
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
     video.check_output(args.output, source=args.content)
+    check_gatys_memory(args, config, params)
     info = video.probe(args.content)
     height = args.size or info.height
     styles = [_style(p, max(1, round(height * args.style_scale))) for p in (args.style or [None])]
@@ -94,6 +163,7 @@ def adain(args, config, vgg_params, decoder_params, styles, interpolation_weight
     """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
+    check_adain_memory(args, config, vgg_params, decoder_params, styles)
     info = video.probe(args.content)
     height = config.size or info.height
     style_height = config.style_size or height

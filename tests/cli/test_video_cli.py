@@ -22,6 +22,8 @@ ADAIN = ["--vgg", str(FIXTURES / "adain" / "vgg_normalised_narrow.pth"),
          "--decoder", str(FIXTURES / "adain" / "decoder_narrow.pth"), "--no-progress"]
 GATYS = ["--weights", str(FIXTURES / "gatys" / "vgg19_narrow.pth"), "--iterations", "3", "--video-iterations", "2",
          "--no-progress"]
+# The frame size, batch and Gatys config of tests/test_video_style.py: in one process (or through the
+# persistent compilation cache) these runs reuse its compiled programs.
 KEYS = {"frames", "fps", "seconds_per_frame", "temporal_error"}
 
 
@@ -34,8 +36,8 @@ def clip(tmp_path_factory):
 
 def test_adain_clip_to_clip(clip, tmp_path, capsys):
     out, metrics = tmp_path / "out.mp4", tmp_path / "m.json"
-    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--temporal-smoothing", "0.5",
-                         "--metrics-json", str(metrics), *ADAIN])
+    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "4",
+                         "--temporal-smoothing", "0.5", "--metrics-json", str(metrics), *ADAIN])
     assert rc == 0, capsys.readouterr().err
     src, dst = _clips.streams(clip), _clips.streams(out)
     assert dst["video"] == src["video"] == 5 and dst["rate"] == src["rate"] and dst["audio"] > 0
@@ -63,7 +65,7 @@ def test_ctrl_c_keeps_a_shorter_valid_video(clip, tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(cli_video, "_bar", bar)
     out = tmp_path / "out.mp4"
-    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "2", *ADAIN])
+    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--size", "32", "--batch", "4", *ADAIN])
     assert rc == 130
     assert "interrupted: 2 frame(s)" in capsys.readouterr().err
     got = _clips.streams(out)
@@ -87,3 +89,57 @@ def test_bad_inputs_exit_2(clip, tmp_path, capsys):
     assert "video --content" in _error(capsys, gatys_cli.main(["--content", str(clip), "-o", out, "--multiscale",
                                                                 *GATYS]))
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_memory_check_refuses_from_the_header(clip, tmp_path, monkeypatch, capsys):
+    from nst_jax import memory, video, weights
+
+    def decoded(*a, **k):
+        raise AssertionError("a frame was decoded before the memory check")
+
+    monkeypatch.setattr(video, "probe", decoded)
+    monkeypatch.setattr(video, "read_frames", decoded)
+    out = tmp_path / "o.mp4"
+    err = _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(out), "--max-memory", "0.001",
+                                         "--size", "64", *GATYS]))
+    assert "frames at 96x64 px need about" in err and "--max-memory" in err and "--size" in err
+    # AdaIN counts --batch: a budget that holds one 32x48 frame (and its style) refuses a batch of 4.
+    vgg = weights.load_adain_vgg(FIXTURES / "adain" / "vgg_normalised_narrow.pth")
+    dec = weights.load_adain_decoder(FIXTURES / "adain" / "decoder_narrow.pth")
+    one = memory.adain_bytes((32, 48), [(32, 48)], vgg, dec, batch=1)
+    budget = str(1.5 * one / 2**30)
+    style = tmp_path / "style.png"
+    from nst_jax import image
+
+    image.save_image(style, _clips.pan_frames(1, h=32, w=48)[0])
+    err = _error(capsys, adain_cli.main(["--content", str(clip), "-o", str(out), "--style", str(style),
+                                         "--size", "32", "--batch", "4", "--max-memory", budget, *ADAIN]))
+    assert "batches of 4 frames at 48x32 px need about" in err and "--batch" in err
+    assert not out.exists()
+
+
+def test_folder_of_numbered_frames_with_video_flag(tmp_path, capsys):
+    from nst_jax import image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(_clips.pan_frames(3, h=32, w=48)):
+        image.save_image(frames / f"{i + 1:05d}.png", f)
+    # nst-gatys: folder in, folder of PNG frames out.
+    out = tmp_path / "gatys_frames"
+    assert gatys_cli.main(["--content", str(frames), "--video", "-o", str(out), *GATYS]) == 0, \
+        capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
+    # nst-adain: folder in, clip out at the folder rate; without --video the folder is still images.
+    clip_out = tmp_path / "out.mp4"
+    assert adain_cli.main(["--content", str(frames), "--video", "-o", str(clip_out), "--size", "32",
+                           "--batch", "4", *ADAIN]) == 0, capsys.readouterr().err
+    got = _clips.streams(clip_out)
+    assert got["video"] == 3 and got["rate"] == 25 and got["audio"] == 0
+    stills = tmp_path / "stills"
+    stills.mkdir()
+    assert adain_cli.main(["--content", str(frames), "-o", str(stills), "--size", "32", *ADAIN]) == 0
+    assert len(list(stills.glob("0000?_stylized_*.png"))) == 3  # one still per image (plus a grid)
+    capsys.readouterr()  # the runs' "saved" lines
+    assert "--video needs" in _error(capsys, adain_cli.main(["--content", str(frames / "00001.png"), "--video",
+                                                             "-o", str(tmp_path / "x.mp4"), *ADAIN]))
