@@ -878,25 +878,38 @@ def test_load_memory_per_pixel_is_bounded(tmp_path):
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_cli_refuses_a_fifo_style_in_one_line_before_decoding_anything(tmp_path):
-    import resource
     import subprocess
     import sys
+    import tempfile
+    import threading
 
     root = Path(__file__).resolve().parents[1]
     content = _save(tmp_path / "content.png", Image.fromarray(_u8(64, 64, 3)))
     os.mkfifo(tmp_path / "style.png")
     env = dict(os.environ, PYTHONPATH=str(root), JAX_PLATFORMS="cpu")
-    proc = subprocess.run(
-        [sys.executable, "-m", "nst_jax.gatys", "--content", str(content), "--style",
-         str(tmp_path / "style.png"), "--output", str(tmp_path / "out.png"), "--size", "64"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    args = [sys.executable, "-m", "nst_jax.gatys", "--content", str(content), "--style",
+            str(tmp_path / "style.png"), "--output", str(tmp_path / "out.png"), "--size", "64"]
+    with tempfile.TemporaryDirectory() as logs:
+        out_path, err_path = Path(logs) / "out", Path(logs) / "err"
+        with open(out_path, "w") as out, open(err_path, "w") as err:
+            proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=out, stderr=err)
+            watchdog = threading.Timer(120, proc.kill)  # opening the FIFO would block forever
+            watchdog.start()
+            try:
+                # wait4 gives this child's own peak memory (RUSAGE_CHILDREN would be the largest of
+                # every child this test process ever had, e.g. other tests' subprocesses).
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                watchdog.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert proc.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: style image is not a regular file")
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert "Traceback" not in stderr and stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["content.png", "style.png"]
     # ru_maxrss is in KiB on Linux (bytes on macOS, where this bound is looser still).
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 2 * 2**20
+    assert usage.ru_maxrss < 2 * 2**20
 
 
 def test_png_image_data_longer_than_the_header_is_refused(tmp_path):
