@@ -53,6 +53,11 @@ SKIPS: dict[str, str] = {
     r"^srun\b": "needs a SLURM cluster",
     r"nst-stylize-dataset .*--coordinator-address": "runs one process of several; tests/test_dataset.py runs two",
     r"nst-stylize-dataset .*--content-tfds": "needs the dataset prepared as TFDS array_record on disk",
+    r"^nst-train .*--coordinator-address": "one process of several machines; tests/test_train_multihost.py "
+                                           "runs this command as two processes",
+    r"^nst-app\b": "serves the page until stopped; tests/test_app.py and tests/test_app_browser.py drive it",
+    r"--web\b": "serves a live view on a fixed port while it runs; tests/test_app.py::"
+                "test_gatys_cli_web_serves_the_run runs it on a free port",
 }
 # Commands that are accepted without running: the test already runs in the installed package.
 NO_OPS: dict[str, str] = {
@@ -98,7 +103,13 @@ SNIPPET_EDITS: list[tuple[str, str]] = [
     (r"iterations=\d+", "iterations=2"),
 ]
 
+# Values in commands turned down to test sizes (regex on the command text, before it is split).
+COMMAND_EDITS: list[tuple[str, str]] = [
+    (r"--video-iterations \d+", "--video-iterations 2"),
+]
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+VIDEO_SUFFIXES = (".mp4",)
 STYLE_NAMES = re.compile(r"paint|style|wikiart|(^|/)[ab]\.jpg$")
 OUTPUT_OPTIONS = ("--output", "-o", "--workdir", "--metrics-json")
 
@@ -188,6 +199,22 @@ def _tiny_image(path: Path, seed: int) -> None:
         img.resize((round(img.width * TINY_HW[0] / img.height), TINY_HW[0]), Image.BILINEAR).save(path)
 
 
+def _tiny_clip(path: Path, frames: int = 3) -> None:
+    """A short pan over the packaged photo, at the test height."""
+    from fractions import Fraction
+
+    from nst_jax import video
+
+    _tiny_image(path.with_suffix(".png"), 0)
+    with Image.open(path.with_suffix(".png")) as im:
+        still = np.asarray(im.convert("RGB"), np.float32) / 255
+    path.with_suffix(".png").unlink()
+    width = still.shape[1] - 2 * frames
+    with video.VideoWriter(path, Fraction(12)) as writer:
+        for k in range(frames):
+            writer.write(still[:, 2 * k:2 * k + width])
+
+
 def _provide_inputs(words: list[str], folder: Path) -> None:
     """Creates the images and image folders a command or snippet names but the README does not ship."""
     outputs = {words[i + 1] for i, w in enumerate(words[:-1]) if w in OUTPUT_OPTIONS}
@@ -197,6 +224,8 @@ def _provide_inputs(words: list[str], folder: Path) -> None:
         path = folder / word
         if path.suffix.lower() in IMAGE_SUFFIXES and not path.exists():
             _tiny_image(path, seed)
+        elif path.suffix.lower() in VIDEO_SUFFIXES and not path.exists():
+            _tiny_clip(path)
         elif word.endswith("/") and not path.exists():
             for k in range(4):  # enough for a batch of two on each of two folders
                 _tiny_image(path / f"image{k}.{'png' if k % 2 else 'jpg'}", seed * 10 + k)
@@ -234,6 +263,7 @@ def _module_main(name: str) -> Callable[[list[str]], object]:
 def _script_main(path: Path) -> Callable[[list[str]], object]:
     spec = importlib.util.spec_from_file_location(f"_readme_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     sys.path.insert(0, str(path.parent))  # scripts import their sibling modules
     try:
         spec.loader.exec_module(module)
@@ -310,7 +340,10 @@ def test_readme_command_runs(snippet, tmp_path, monkeypatch, capsys):
     if _match(NO_OPS, snippet.text) is not None:
         return
     monkeypatch.chdir(tmp_path)
-    words = shlex.split(snippet.text)
+    text = snippet.text
+    for pattern, replacement in COMMAND_EDITS:
+        text = re.sub(pattern, replacement, text)
+    words = shlex.split(text)
     kind, entry, argv = _program(words)
     argv = rewrite(kind, argv)
     _provide_inputs(argv, tmp_path)

@@ -8,6 +8,7 @@ L-BFGS implementations are checked. Tiny images and a shallow layer set keep com
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,7 @@ def test_figures_script_renders_every_grid(tmp_path):
     spec = importlib.util.spec_from_file_location(
         "figures", pathlib.Path(__file__).parent.parent / "scripts" / "figures.py")
     figures = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = figures  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(figures)
     rng = np.random.default_rng(0)
     for name in ("c", "s"):
