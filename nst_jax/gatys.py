@@ -981,6 +981,7 @@ def _main(argv=None) -> int:
             "evaluations_per_iteration": result.evaluations / result.iterations if result.iterations else None,
             "seconds_per_iteration": result.seconds_per_iteration,
             "compile_seconds": result.compile_seconds,
+            "program_source": result.program_source,
             "iterations": result.iterations,
             "interrupted": result.interrupted,
             "levels": [level.as_dict() for level in ms.levels],
