@@ -132,22 +132,68 @@ class Program:
 
     def _load(self, name: str, args_tree, call_args, leaves) -> _Executable:
         donate = (0, 1) if name == "run_chunk" else ()
-        directory = compile_cache.programs_path()
-        if directory is None or self.store_key is None or not _exportable(leaves):
-            fn = jax.jit(self._traceable(name, args_tree, call_args), donate_argnums=donate)
-            return _Executable(fn.lower(*call_args).compile(), "traced")
-        entry = directory / _entry_name(self.store_key, name, args_tree, leaves)
-        payload = compile_cache.read_entry(entry)
-        if payload is not None:
-            exported, source = jax.export.deserialize(payload), "exported"
-        else:
-            fn = jax.jit(self._traceable(name, args_tree, call_args), donate_argnums=donate)
-            exported, source = jax.export.export(fn)(*call_args), "traced"
-            compile_cache.write_entry(entry, exported.serialize())
-        # Both paths compile the same module, so a traced run fills JAX's compilation cache for the
-        # next process's exported one.
-        call = jax.jit(exported.call, donate_argnums=donate).lower(*call_args).compile()
-        return _Executable(call, source)
+        return _executable(self.store_key, name, args_tree, call_args, leaves,
+                           lambda: self._traceable(name, args_tree, call_args), donate)
+
+
+def _executable(store_key: str | None, name: str, args_tree, call_args: tuple, leaves,
+                traceable: Callable[[], Callable], donate: tuple[int, ...] = ()) -> _Executable:
+    """Compiles ``traceable()`` for ``call_args``: deserialized from the program store when it holds
+    the entry, else traced (and exported to the store when it is on)."""
+    directory = compile_cache.programs_path()
+    if directory is None or store_key is None or not _exportable(leaves):
+        fn = jax.jit(traceable(), donate_argnums=donate)
+        return _Executable(fn.lower(*call_args).compile(), "traced")
+    entry = directory / _entry_name(store_key, name, args_tree, leaves)
+    payload = compile_cache.read_entry(entry)
+    if payload is not None:
+        exported, source = jax.export.deserialize(payload), "exported"
+    else:
+        fn = jax.jit(traceable(), donate_argnums=donate)
+        exported, source = jax.export.export(fn)(*call_args), "traced"
+        compile_cache.write_entry(entry, exported.serialize())
+    # Both paths compile the same module, so a traced run fills JAX's compilation cache for the
+    # next process's exported one.
+    call = jax.jit(exported.call, donate_argnums=donate).lower(*call_args).compile()
+    return _Executable(call, source)
+
+
+class StoredFunction:
+    """``fn`` jitted per argument signature, through the program store like a :class:`Program`.
+
+    ``fn`` must return built-in containers (tuples, lists, dicts, None) of arrays, so that its
+    exported form needs no registered types; ``store_key`` (a ``repr`` of everything static that
+    ``fn`` closes over) names its entries. ``last_source`` tells how the last call's executable was
+    obtained.
+    """
+
+    def __init__(self, fn: Callable, store_key: str):
+        self._fn = fn
+        self._store_key = store_key
+        self._compiled: dict[Hashable, _Executable] = {}
+        self.last_source = "traced"
+
+    def __call__(self, *args):
+        leaves, tree = jax.tree.flatten(args)
+        leaves = tuple(leaves)
+        key = (tree, _signature(leaves))
+        if key not in self._compiled:
+            fn = self._fn
+            self._compiled[key] = _executable(self._store_key, "call", tree, (leaves,), leaves,
+                                              lambda: lambda flat: fn(*jax.tree.unflatten(tree, flat)))
+        exe = self._compiled[key]
+        self.last_source = exe.source
+        return exe.call(leaves)
+
+
+_STORED: dict[Hashable, StoredFunction] = {}
+
+
+def stored_function(key: tuple, fn: Callable) -> StoredFunction:
+    """The cached :class:`StoredFunction` for ``key`` (hashable, with a stable ``repr``)."""
+    if key not in _STORED:
+        _STORED[key] = StoredFunction(fn, repr(key))
+    return _STORED[key]
 
 
 def _entry_name(store_key: str, name: str, args_tree, leaves) -> str:
@@ -248,6 +294,7 @@ def program(key: tuple, build: Callable[[Any], Program]) -> Program:
 def clear_programs() -> None:
     """Forgets every cached program (tests that count traces start from here)."""
     _PROGRAMS.clear()
+    _STORED.clear()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def test_second_run_deserializes_every_program_and_matches(tiny, store, optimize
     config = dataclasses.replace(CONFIG, optimizer=optimizer)
     first = _fresh_run(tiny, config)
     assert first.program_source == "traced"
-    assert len(_entries(store)) == 3  # init, run_chunk, terms
+    assert len(_entries(store)) == 4  # the targets, the solver's init, a chunk, the final terms
     second = _fresh_run(tiny, config)
     assert second.program_source == "exported"
     # The same module is compiled either way.
@@ -88,13 +88,13 @@ def test_another_shape_or_config_misses(tiny, store):
     count = len(_entries(store))
     smaller = (params, content[:, :12], style)
     assert _fresh_run(smaller).program_source == "traced"
-    assert len(_entries(store)) == count + 3
+    assert len(_entries(store)) == count + 4
     assert _fresh_run(tiny, dataclasses.replace(CONFIG, history_size=4)).program_source == "traced"
-    assert len(_entries(store)) == count + 6
+    assert len(_entries(store)) == count + 8
     # Fields that never enter a program (the iteration count, colour control) share the entries.
     other = dataclasses.replace(CONFIG, iterations=5, color="luminance")
     assert _fresh_run(tiny, other).program_source == "exported"
-    assert len(_entries(store)) == count + 6
+    assert len(_entries(store)) == count + 8
 
 
 def test_store_off_traces_and_writes_nothing(tiny, tmp_path, monkeypatch):
@@ -138,4 +138,4 @@ def test_second_process_deserializes_instead_of_tracing(tmp_path):
         results.append(json.loads(metrics.read_text()))
     assert [r["program_source"] for r in results] == ["traced", "exported"]
     assert results[0]["losses"] == results[1]["losses"]
-    assert len(_entries(tmp_path / "cache" / "xla" / "programs")) == 3
+    assert len(_entries(tmp_path / "cache" / "xla" / "programs")) == 4
