@@ -7,8 +7,11 @@ Where it lives: ``$NST_JAX_COMPILE_CACHE`` when it names a directory, ``0``/``of
 anything else (unset, ``1``, ``on``) means ``<weights cache>/xla`` (``nst_jax.weights.cache_dir``,
 i.e. under ``$NST_JAX_CACHE``). A ``JAX_COMPILATION_CACHE_DIR`` the user set already wins.
 
-Bounded: ``$NST_JAX_COMPILE_CACHE_MAX_MB`` (default 2048). JAX evicts least-recently-used entries
-itself, under a lock file (``filelock``, a dependency), so two processes can share the directory. Stale entries are harmless: keys hash the program, the compile
+Bounded: ``$NST_JAX_COMPILE_CACHE_MAX_MB`` (default 2048): :func:`enable` trims the directory to the
+bound (oldest entries first) before the run. JAX's own LRU eviction is deliberately left off: it
+keeps an ``-atime`` file beside every entry and fails (with a warning per compile) when a process
+without eviction, or a racing writer, leaves an entry without one, so several processes sharing the
+directory, as the test suite's workers and command lines do, would trip over each other. Stale entries are harmless: keys hash the program, the compile
 options, the backend and the jax/jaxlib versions, so an entry from another version or device is never
 looked up, and an entry that fails to load is recompiled (JAX warns and carries on).
 
@@ -39,6 +42,7 @@ DEFAULT_MAX_MB = 2048
 MIN_COMPILE_SECONDS = 0.1
 _OFF = {"0", "off", "false", "no", "none"}
 _ON = {"", "1", "on", "true", "yes"}
+_ENTRY_SUFFIX = "-cache"  # JAX's file names: <key>-cache (and <key>-atime when it evicts)
 
 
 def cache_path(environ: dict[str, str] | None = None) -> Path | None:
@@ -69,6 +73,31 @@ def max_bytes(environ: dict[str, str] | None = None) -> int:
     return int(mb * 2**20)
 
 
+def trim(directory: Path, limit: int, suffix: str = _ENTRY_SUFFIX) -> int:
+    """Deletes the oldest cache entries (``*suffix``) until they take at most ``limit`` bytes.
+
+    Returns the number of bytes removed. Entries another process removes meanwhile are skipped.
+    """
+    entries = []
+    for path in directory.glob(f"*{suffix}"):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    removed = 0
+    for _, size, path in sorted(entries):
+        if total - removed <= limit:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        removed += size
+    return removed
+
+
 _programs: list[Path] = []  # the program store's directory once enable() turned it on
 _fingerprint: list[str] = []  # computed once per process
 
@@ -94,10 +123,11 @@ def enable(environ: dict[str, str] | None = None) -> Path | None:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
         return None  # read-only home, say: caching is an optimisation, never a reason to fail
+    trim(directory, limit)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    jax.config.update("jax_compilation_cache_max_size", limit)
+    jax.config.update("jax_compilation_cache_max_size", -1)  # no JAX-side eviction: see the module doc
     _enable_programs(directory, environ)
     return directory
 
@@ -157,32 +187,17 @@ def read_entry(path: Path) -> bytes | None:
 def write_entry(path: Path, payload: bytes, environ: dict[str, str] | None = None) -> bool:
     """Stores ``payload`` at ``path`` atomically with its checksum, then trims the store; False if not written."""
     from nst_jax.errors import OutputPathError
-    from nst_jax.image import atomic_write
+    from nst_jax.files import atomic_write_bytes
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+        atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
     except (OSError, OutputPathError):
         return False  # caching is an optimisation, never a reason to fail
-    _trim(path.parent, max_bytes(environ) // 4)
+    trim(path.parent, max_bytes(environ) // 4, PROGRAM_SUFFIX)
     return True
 
 
-def _trim(directory: Path, limit: int) -> None:
-    entries = []
-    for entry in directory.glob(f"*{PROGRAM_SUFFIX}"):
-        try:
-            st = entry.stat()
-        except OSError:
-            continue  # another process removed it
-        entries.append((st.st_mtime, st.st_size, entry))
-    total = sum(size for _, size, _ in entries)
-    for _, size, entry in sorted(entries, key=lambda e: e[0]):
-        if total <= limit:
-            break
-        entry.unlink(missing_ok=True)
-        total -= size
-
 
 __all__ = ["ENV", "ENV_MAX_MB", "ENV_PROGRAMS", "cache_path", "enable", "fingerprint", "max_bytes", "programs_path",
-           "read_entry", "write_entry"]
+           "read_entry", "trim", "write_entry"]

@@ -212,25 +212,30 @@ class TfdsImageSource:
             raise ConfigError(f"TFDS source {spec!r} needs tensorflow-datasets; "
                               "install it with pip install 'nst_jax[tfds]'") from err
         name, split = parse_tfds_name(spec)
+        folder = data_dir or "DIR"
+        prepare = (f"prepare it once with `tfds build {name} --data_dir {folder} --file_format=array_record` "
+                   f"(or tfds.data_source({name!r}, data_dir={folder!r}, download=True)), then pass "
+                   f"--tfds-data-dir {folder}")
         try:
-            self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+            # download=False: reading never downloads or builds a dataset (tens of GB for COCO).
+            self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
             features = self._source.dataset_info.features
             if image_key in features.keys() and isinstance(features[image_key], tfds.features.Image):
                 # The encoded bytes, decoded here with the allow-list: TFDS's own decoder opens
                 # them with Pillow's full set of formats (Ghostscript included).
-                self._source = tfds.data_source(name, split=split, data_dir=data_dir,
+                self._source = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
                                                 decoders={image_key: tfds.decode.SkipDecoding()})
-        except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, AssertionError,
-                ValueError) as err:
+        except (tfds.core.registered.DatasetNotFoundError, ValueError) as err:  # unknown name or split
             where = f" in {data_dir}" if data_dir else ""
             why = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ConfigError(f"cannot open TFDS dataset {spec!r}{where} ({why}); "
-                              "prepare it in array_record format or fix --tfds-data-dir") from err
-        except ImportError as err:
-            # Builders whose prepared files are not array_record fall back to TensorFlow to read them.
-            raise ConfigError(f"TFDS dataset {spec!r} needs {err.name or 'TensorFlow'}, which is not installed; "
-                              "prepare it in array_record format (tfds build --file_format=array_record) "
-                              "so no TensorFlow is needed") from err
+            raise ConfigError(f"cannot open TFDS dataset {spec!r}{where} ({why}); check the name, or "
+                              f"{prepare}") from err
+        except (FileNotFoundError, AssertionError, NotImplementedError, ImportError) as err:
+            # Without prepared files TFDS constructs the dataset's builder code, which for most
+            # datasets (COCO included) imports TensorFlow, or finds no array_record files
+            # (NotImplementedError): what is missing is the data, not a reader.
+            where = f"in {data_dir}" if data_dir else "in the default TFDS folder"
+            raise ConfigError(f"TFDS dataset {name!r} is not prepared (as array_record) {where}; {prepare}") from err
         features = list(self._source.dataset_info.features.keys())
         if image_key not in features:
             raise ConfigError(f"TFDS dataset {spec!r} has no feature {image_key!r}; pass --tfds-image-key "
@@ -238,21 +243,28 @@ class TfdsImageSource:
         if len(self._source) == 0:
             raise InputImageError(f"TFDS dataset {spec!r} split {split!r} is empty")
         self.spec = spec
+        self.split = split
         self.image_key = image_key
+        # "jpeg" or "png" for encoded images, None when the feature stores arrays.
+        self.encoding_format = getattr(self._source.dataset_info.features[image_key], "encoding_format", None)
         self.load_size = load_size
         self.crop = crop
 
     def __len__(self) -> int:
         return len(self._source)
 
+    def record(self, index: int) -> bytes | np.ndarray:
+        """The image feature of record ``index`` as stored (encoded bytes, or a uint8 array), not decoded."""
+        value = self._source[index][self.image_key]
+        return value if isinstance(value, bytes) else np.asarray(value)
+
     def __getitem__(self, index: int) -> np.ndarray:
         n = len(self._source)
         for k in range(n):
             i = (index + k) % n
-            value = self._source[i][self.image_key]
+            value = self.record(i)
             try:
-                return decode_and_fit(value if isinstance(value, bytes) else np.asarray(value),
-                                      self.load_size, self.crop)
+                return decode_and_fit(value, self.load_size, self.crop)
             except _DECODE_ERRORS as err:
                 # As for folders: an undecodable record is replaced by the next one.
                 logger.warning("cannot decode record %d of %s (%s); using the next image instead",
@@ -321,6 +333,63 @@ class ShuffledEpochs:
         return self.source[int(self.permutation(epoch)[i])]
 
 
+class _ProcessShare:
+    """Process ``p``'s share of an unbatched stream (a grain ``MapDataset``, made by :func:`_process_share`).
+
+    Element ``k`` (batched by ``b`` afterwards, so batch ``s`` holds elements ``s*b .. s*b+b-1``)
+    is parent element ``(s * P + p) * b + j`` with ``s, j = divmod(k, b)``: the ``p``-th
+    contiguous slice of the batch that one process reading ``b * P`` images per step would take.
+    The crop RNG is applied before (keyed by the parent's index), so an image and its crop do not
+    depend on which process reads it, and each process decodes only its own images.
+    """
+
+    def __init__(self, parent, batch_size: int, process_index: int, process_count: int):
+        super().__init__(parent)
+        self._b, self._p, self._n = batch_size, process_index, process_count
+        self._length = len(parent) // process_count
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, index: int) -> int:
+        step, j = divmod(int(index), self._b)
+        return (step * self._n + self._p) * self._b + j
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(i) for i in indices])  # noqa: SLF001
+
+    def __str__(self) -> str:
+        return f"ProcessShareMapDataset(process {self._p} of {self._n}, {self._b} per step)"
+
+
+def _process_share_class() -> type:
+    """The grain ``MapDataset`` subclass of :class:`_ProcessShare`, made once grain is imported.
+
+    It is a module attribute (``ProcessShareMapDataset``, found through the module ``__getattr__``),
+    so grain worker processes can unpickle the dataset.
+    """
+    cls = globals().get("ProcessShareMapDataset")
+    if cls is None:
+        _grain()
+        from grain._src.python.dataset import dataset  # MapDataset's base module, for the subclass
+
+        cls = type("ProcessShareMapDataset", (_ProcessShare, dataset.MapDataset),
+                   {"_MUTATES_ELEMENT_SPEC": False, "__module__": __name__, "__doc__": _ProcessShare.__doc__})
+        globals()["ProcessShareMapDataset"] = cls
+    return cls
+
+
+def __getattr__(name: str):
+    if name == "ProcessShareMapDataset":
+        return _process_share_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _seeds(seed: int, stream: int) -> tuple[int, int]:
     """Two independent 32-bit seeds (shuffle, crop) for stream 0 (content) or 1 (style)."""
     state = np.random.SeedSequence([seed, stream]).generate_state(2)
@@ -349,8 +418,10 @@ def image_stream(source: Any, *, batch_size: int, crop: int, seed: int, stream: 
       batch_size: images per batch on this process.
       crop: side of the square crops.
       seed: user seed; ``stream`` (0 content, 1 style) makes the two streams independent.
-      process_index, process_count: multi-host data sharding; each process reads a disjoint,
-        interleaved slice of the shuffled stream.
+      process_index, process_count: multi-host data sharding. The global batch of step ``k`` is
+        the one-process batch of ``batch_size * process_count`` images at step ``k``, and process
+        ``p`` reads only its contiguous ``p``-th slice of it (:class:`_ProcessShare`), so the
+        global batch, in order, does not depend on the number of processes.
 
     Returns:
       ``MapDataset`` whose elements are (batch_size, crop, crop, 3) uint8 arrays.
@@ -362,7 +433,7 @@ def image_stream(source: Any, *, batch_size: int, crop: int, seed: int, stream: 
     # reproducible from (seed, step).
     ds = ds.random_map(_CropTransform(crop), seed=crop_seed)
     if process_count > 1:
-        ds = ds[process_index::process_count]
+        ds = _process_share_class()(ds, batch_size, process_index, process_count)
     return ds.batch(batch_size, drop_remainder=True)
 
 

@@ -31,7 +31,21 @@ class OutputPathError(NSTError):
 
 
 class WeightsError(NSTError):
-    """A weights file is missing, of the wrong network, or has wrong keys or shapes."""
+    """A weights file is missing, of the wrong network, or has wrong keys or shapes.
+
+    The message names no command-line flag (the library does not know who called it); the fields
+    let each command line say which of its flags the fix concerns.
+
+    Attributes:
+      kind: the network being loaded (a key of ``weights.KINDS``), or None.
+      path: the file the caller passed, or None when the library chose the file (cache, download).
+      found: the network the file holds instead, when it was recognised.
+    """
+
+    def __init__(self, message: str, *, kind: str | None = None, path: object = None,
+                 found: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.path, self.found = kind, path, found
 
 
 class UnsafePickleError(WeightsError):
@@ -48,6 +62,12 @@ class DownloadError(WeightsError):
 
 class NonFiniteLossError(NSTError):
     """The loss became NaN or infinite during optimization or training."""
+
+
+class ProcessLostError(NSTError):
+    """Another process of a multi-process run stopped or lost its connection; rerun all to resume."""
+
+    exit_code = 1
 
 
 class MemoryBudgetError(NSTError):

@@ -23,11 +23,10 @@ caller can report progress, save intermediate images and stop cleanly on Ctrl-C.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +35,7 @@ import numpy as np
 from nst_jax import color as colormod
 from nst_jax import driver, guides, losses, solvers, vgg
 from nst_jax.driver import Progress, RunResult  # noqa: F401 (the run's types, public here too)
-from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, check_choice, normalized_weights
+from nst_jax.errors import ConfigError, InputImageError, check_choice, normalized_weights
 
 Array = jax.Array
 
@@ -46,6 +45,12 @@ INITS: tuple[str, ...] = ("content", "noise", "image")
 # convolutional layers terminate with a ReLU"); the features it compares are the rectified ones.
 DEFAULT_CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 DEFAULT_STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+DEFAULT_CHUNK = 10  # iterations per compiled call of run() between callbacks
+
+
+def _field(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 - argparse vocabulary
+    return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,21 +61,35 @@ class GatysConfig:
     over them is one compiled program.
     """
 
-    content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
-    style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS
-    iterations: int = 600
-    optimizer: str = "optax-lbfgs"  # measured faster than jaxopt on CPU (README, Performance)
-    learning_rate: float | None = None  # None: 1.0 for L-BFGS (report), 0.02 for Adam
-    history_size: int = 10
-    pooling: str = "max"
-    init: str = "content"
-    init_noise: float = 0.1
-    remat: bool = False
-    compute_dtype: str = "float32"
+    # metadata["help"] etc. describe the field as a command-line flag (nst_jax.cli generates nst-gatys from them).
+    content_layers: tuple[str, ...] = _field(DEFAULT_CONTENT_LAYERS, "VGG layers of the content loss", group="loss")
+    style_layers: tuple[str, ...] = _field(DEFAULT_STYLE_LAYERS, "VGG layers of the style loss", group="loss")
+    iterations: int = _field(600, "iterations of the optimizer", group="optimization")
+    # optax-lbfgs: measured faster than jaxopt on CPU (README, Performance)
+    optimizer: str = _field("optax-lbfgs", "optax-lbfgs = optax L-BFGS (measured fastest), lbfgs = jaxopt "
+                            "L-BFGS, adam", group="optimization", choices=OPTIMIZERS)
+    learning_rate: float | None = _field(None, "Adam step size or L-BFGS maximum step", group="optimization",
+                                         min=">0", default_help="0.02 for Adam, 1.0 for L-BFGS")
+    history_size: int = _field(10, "L-BFGS memory", group="optimization", min=">0")
+    pooling: str = _field("max", "VGG pooling", group="loss", choices=vgg.POOLINGS)
+    init: str = _field("content", "starting image", group="optimization", choices=INITS)
+    init_noise: float = _field(0.1, "std of the white noise added to the start (pixel range [0, 1])",
+                               group="optimization", min=">=0")
+    remat: bool = _field(False, "recompute activations in the backward pass (jax.checkpoint per VGG block): "
+                         "slower; saves little memory on the CPU backend, where XLA keeps most activations anyway",
+                         group="system")
+    compute_dtype: str = _field("float32", "compute dtype of the VGG convolutions (Gram and losses stay float32)",
+                                group="system", flag="--dtype", choices=DTYPES)
     # Colour control (Gatys et al. 2017, report §V-A), applied around the optimization.
-    color: str = "none"  # one of color.COLOR_MODES
-    color_space: str = "ycbcr"  # luminance mode: which Y/chroma split (color.COLOR_SPACES)
-    color_transform: str = "eig"  # histogram modes: which A with A Σs Aᵀ = Σc (color.COLOR_TRANSFORMS)
+    color: str = _field("none", "keep the content's colours: 'luminance' transfers style on the luminance only "
+                        "and keeps the content's chroma; 'histogram' recolours the style to the content's colour "
+                        "mean and covariance first; 'histogram-from-style' recolours the content to the style's",
+                        group="color", choices=colormod.COLOR_MODES)
+    color_space: str = _field("ycbcr", "luminance/chroma split of --color luminance", group="color",
+                              choices=colormod.COLOR_SPACES)
+    color_transform: str = _field("eig", "linear map of the histogram modes (A with A Σs Aᵀ = Σc): eigenvalue "
+                                  "square roots (eig), Cholesky factors (chol) or the symmetric (optimal "
+                                  "transport) solution (sym)", group="color", choices=colormod.COLOR_TRANSFORMS)
 
     def __post_init__(self):
         vgg.check_layers(self.content_layers, flag="--content-layers")
@@ -78,7 +97,7 @@ class GatysConfig:
         check_choice("optimizer", self.optimizer, OPTIMIZERS, "--optimizer")
         check_choice("init", self.init, INITS, "--init")
         check_choice("pooling", self.pooling, vgg.POOLINGS, "--pooling")
-        check_choice("compute dtype", self.compute_dtype, ("float32", "bfloat16"), "--dtype")
+        check_choice("compute dtype", self.compute_dtype, DTYPES, "--dtype")
         check_choice("colour mode", self.color, colormod.COLOR_MODES, "--color")
         check_choice("colour space", self.color_space, colormod.COLOR_SPACES, "--color-space")
         check_choice("colour transform", self.color_transform, colormod.COLOR_TRANSFORMS, "--color-transform")
@@ -505,7 +524,7 @@ def run(
     key: Array | None = None,
     init: Array | None = None,
     blend_weights: Sequence[float] | None = None,
-    chunk: int = 10,
+    chunk: int = DEFAULT_CHUNK,
     callback: Callable[[Progress, Callable[[], np.ndarray]], None] | None = None,
     content_masks: Array | None = None,
     style_masks: Sequence[Array | None] | None = None,
@@ -558,486 +577,7 @@ def _stored_targets(params, content, style, config, blend_weights, content_masks
     return Targets(*fn(params, content, styles, content_masks, masks)), fn.last_source
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line: python -m nst_jax.gatys
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the None/False of options whose help already says what happens."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def _parser():
-    from nst_jax import cli
-
-    d = GatysConfig()
-    p = cli.ArgumentParser(
-        prog="python -m nst_jax.gatys",
-        description="Gatys et al. (2016) neural style transfer: optimize an image so its VGG-19 features "
-        "match a content photo and its Gram matrices match a style painting, with the perceptual "
-        "controls of Gatys et al. (2017): colour, space (per-region styles) and scale (coarse to fine). "
-        "With no --content/--style the built-in example images are used.",
-        formatter_class=lambda prog: _HelpFormatter(prog, max_help_position=32),
-    )
-    io = p.add_argument_group("images")
-    io.add_argument("--content", help="content image (default: built-in photo)")
-    io.add_argument("--style", nargs="+", help="style image(s) (default: built-in painting)")
-    io.add_argument("--output", "-o", default="stylized.png", help="output image (.png, .jpg, .webp, .tif)")
-    io.add_argument("--size", type=cli.positive(int, "--size"),
-                    help="height of the output in pixels (aspect ratio kept); the style is resized to the "
-                    "same height (default 512)")
-    io.add_argument("--style-scale", type=cli.positive(float, "--style-scale"), default=1.0,
-                    help="style height relative to --size")
-    io.add_argument("--bits", type=int, choices=(8, 16), default=8, help="bits per channel of a PNG output")
-    io.add_argument("--save-every", type=cli.positive(int, "--save-every", allow_zero=True), default=0,
-                    help="also save the image every N iterations as OUTPUT_iterN.ext (0: never)")
-    io.add_argument("--metrics-json", help="write losses, timings and the config as JSON here")
-
-    lo = p.add_argument_group("loss")
-    lo.add_argument("--content-weight", type=cli.positive(float, "--content-weight", True), default=1e-2,
-                    help="alpha, weight of the content loss")
-    lo.add_argument("--style-weight", type=cli.positive(float, "--style-weight", True), default=1.0,
-                    help="beta, weight of the style loss")
-    lo.add_argument("--tv-weight", type=cli.positive(float, "--tv-weight", True), default=0.0,
-                    help="weight of a total-variation smoothness loss")
-    lo.add_argument("--content-layers", type=cli.comma_list(str, "--content-layers"),
-                    default=",".join(d.content_layers), help="comma-separated VGG layers for the content loss")
-    lo.add_argument("--style-layers", type=cli.comma_list(str, "--style-layers"), default=",".join(d.style_layers),
-                    help="comma-separated VGG layers for the style loss")
-    lo.add_argument("--style-layer-weights", type=cli.comma_list(float, "--style-layer-weights"),
-                    help="one weight per style layer (default: 1/number of layers)")
-    lo.add_argument("--style-blend-weights", type=cli.comma_list(float, "--style-blend-weights"),
-                    help="one weight per --style image (default: equal)")
-    lo.add_argument("--pooling", choices=vgg.POOLINGS, default=d.pooling, help="VGG pooling")
-
-    co = p.add_argument_group("colour control (Gatys et al. 2017)")
-    co.add_argument("--color", choices=colormod.COLOR_MODES, default=d.color,
-                    help="keep the content's colours: 'luminance' transfers style on the luminance only and "
-                    "keeps the content's chroma; 'histogram' recolours the style to the content's colour "
-                    "mean and covariance first; 'histogram-from-style' recolours the content to the style's")
-    co.add_argument("--color-space", choices=colormod.COLOR_SPACES, default=d.color_space,
-                    help="luminance/chroma split of --color luminance")
-    co.add_argument("--color-transform", choices=colormod.COLOR_TRANSFORMS, default=d.color_transform,
-                    help="linear map of the histogram modes: eigenvalue square roots (eig), Cholesky "
-                    "factors (chol) or the symmetric (optimal transport) solution (sym)")
-
-    sp = p.add_argument_group("spatial control (Gatys et al. 2017)")
-    sp.add_argument("--content-mask", nargs="+", metavar="PATH",
-                    help="where each --style goes on the output: ONE label image over the content (gray "
-                    "levels, white = first style ... black = last; for two styles a threshold at mid-gray; "
-                    "or colours with --mask-colors), or one grayscale mask per style (white = this style)")
-    sp.add_argument("--mask-colors", type=_hex_colors,
-                    help="comma-separated label colours (RRGGBB), one per style, for a colour-coded --content-mask")
-    sp.add_argument("--style-mask", nargs="+", metavar="PATH",
-                    help="one grayscale mask per --style image: only its white part defines that style")
-
-    sc = p.add_argument_group("scale: coarse to fine (Gatys et al. 2017)")
-    sc.add_argument("--sizes", type=cli.comma_list(int, "--sizes"),
-                    help="output heights of successive levels, e.g. 512,1024; each level starts from the "
-                    "previous result upsampled, with content and style resampled from the source files")
-    sc.add_argument("--multiscale", action="store_true",
-                    help="choose the levels from --size: halve it down to about 256 (1024 -> 256,512,1024)")
-
-    op = p.add_argument_group("optimization")
-    op.add_argument("--iterations", type=cli.comma_list(int, "--iterations"),
-                    help="iterations, one number for every level or one per --sizes level (default: 600 at "
-                    "the first level, 100 at later ones)")
-    op.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                    help="optax-lbfgs = optax L-BFGS (default, measured fastest), lbfgs = jaxopt L-BFGS, adam")
-    op.add_argument("--learning-rate", type=cli.positive(float, "--learning-rate"),
-                    help="Adam step size (default 0.02) or L-BFGS maximum step (default 1.0)")
-    op.add_argument("--history-size", type=cli.positive(int, "--history-size"), default=d.history_size,
-                    help="L-BFGS memory")
-    op.add_argument("--init", choices=INITS, default=d.init, help="starting image")
-    op.add_argument("--init-noise", type=cli.positive(float, "--init-noise", True), default=d.init_noise,
-                    help="std of the white noise added to the start (pixel range [0, 1])")
-    op.add_argument("--init-image", help="starting image for --init image")
-    op.add_argument("--seed", type=int, default=0, help="seed of the init noise")
-    op.add_argument("--chunk", type=cli.positive(int, "--chunk"), default=10,
-                    help="iterations per compiled call between progress updates")
-
-    sy = p.add_argument_group("system")
-    sy.add_argument("--weights", help="VGG-19 weights (.pth from torchvision or converted .npz); "
-                    "default: download once and cache")
-    sy.add_argument("--remat", action="store_true", help="recompute activations in the backward pass "
-                    "(jax.checkpoint per VGG block): slower; saves little memory on the CPU backend, where "
-                    "XLA keeps most activations anyway")
-    sy.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                    help="compute dtype of the VGG convolutions (Gram and losses stay float32)")
-    sy.add_argument("--tile-size", type=cli.positive(int, "--tile-size"),
-                    help="run VGG on tiles of this many pixels (a multiple of 16 for the default layers) so "
-                    "memory no longer grows with the image; the loss stays that of the whole image")
-    sy.add_argument("--tile-halo", type=cli.positive(int, "--tile-halo", True),
-                    help="context pixels around each tile (default: the receptive field, exact)")
-    sy.add_argument("--max-memory", type=cli.positive(float, "--max-memory"),
-                    help="memory budget in GiB for the size check (default: the device's memory)")
-    sy.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def _hex_colors(text: str) -> tuple[tuple[float, float, float], ...]:
-    """Parses ``"ff0000,00ff00"`` (``#`` optional) into RGB triples in [0, 1] (an argparse type)."""
-    colors = []
-    for item in (t.strip().lstrip("#") for t in text.split(",") if t.strip()):
-        if len(item) != 6 or any(ch not in "0123456789abcdefABCDEF" for ch in item):
-            raise argparse.ArgumentTypeError(f"--mask-colors expects RRGGBB hex colours like ff0000, got {item!r}")
-        colors.append(tuple(int(item[i:i + 2], 16) / 255.0 for i in (0, 2, 4)))
-    return tuple(colors)
-
-
-class _Plan(NamedTuple):
-    """The CLI's inputs at source resolution (each level resamples them)."""
-
-    content: np.ndarray  # (H0, W0, 3) source
-    styles: list[np.ndarray]  # (Hs, Ws, 3) sources
-    init: np.ndarray | None
-    content_masks: np.ndarray | None  # (K, H0, W0)
-    style_masks: list[np.ndarray] | None  # (Hs, Ws) per style
-
-
-def _levels(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    from nst_jax import multiscale
-
-    if args.sizes is not None and args.size is not None:
-        raise ConfigError("give either --size or --sizes, not both (the last of --sizes is the output height)")
-    if args.sizes is not None and args.multiscale:
-        raise ConfigError("--multiscale picks the levels from --size; drop it when giving --sizes")
-    size = 512 if args.size is None else args.size
-    if args.sizes is not None:
-        sizes = multiscale.check_sizes(args.sizes)
-    elif args.multiscale:
-        sizes = multiscale.auto_sizes(size)
-    else:
-        sizes = (size,)
-    return sizes, multiscale.level_iterations(len(sizes), args.iterations)
-
-
-def _level_shape(source: np.ndarray, height: int) -> tuple[int, int]:
-    from nst_jax import image as imageio
-
-    return imageio.size_for_height(source.shape[0], source.shape[1], height)
-
-
-def _check_aspect(mask: np.ndarray, image: np.ndarray, what: str) -> None:
-    (mh, mw), (h, w) = mask.shape[:2], image.shape[:2]
-    if abs(mw / mh - w / h) > 0.02 * (w / h):
-        raise InputImageError(f"{what} is {mw}x{mh} but its image is {w}x{h}; give a mask with the "
-                              "image's aspect ratio")
-
-
-def _load_inputs(args, config: GatysConfig, sizes: Sequence[int]) -> _Plan:
-    from nst_jax import image as imageio
-
-    content_path = args.content or imageio.default_content_path()
-    style_paths = args.style or [imageio.default_style_path()]
-    # Every input is checked (missing, not a regular file, not an image, too many pixels, too
-    # small) from its header before any is decoded.
-    inputs = [("content image", content_path)] + [("style image", p) for p in style_paths]
-    if config.init == "image" and args.init_image:
-        inputs.append(("init image", args.init_image))
-    inputs += [("content mask", p) for p in args.content_mask or ()]
-    inputs += [("style mask", p) for p in args.style_mask or ()]
-    headers = [imageio.image_size(path, what) for what, path in inputs]
-    min_side = vgg.min_image_size(config.layers)
-    deepest = max(config.layers, key=vgg.LAYERS.index)
-    # The smallest level is the one that must fit the network.
-    flag = "--sizes" if len(sizes) > 1 else "--size"
-    h, w = _level_shape(np.empty(headers[0] + (0,)), sizes[0])
-    imageio.check_min_size(np.empty((h, w, 0)), min_side, "content image", layer=deepest, flag=flag)
-    for hw in headers[1:1 + len(style_paths)]:
-        sh, sw = _level_shape(np.empty(hw + (0,)), max(int(round(sizes[0] * args.style_scale)), 1))
-        imageio.check_min_size(np.empty((sh, sw, 0)), min_side, "style image", layer=deepest,
-                               flag="--style-scale")
-    # JPEGs are decoded at a reduced scale where that keeps the largest size sampled from them
-    # (the last level, the style at --style-scale); every size is still computed from the headers.
-    size_of = dict(zip((path for _, path in inputs), headers))
-    out_hw = _level_shape(np.empty(headers[0] + (0,)), sizes[-1])
-    style_height = max(int(round(sizes[-1] * args.style_scale)), 1)
-
-    def style_hw(path) -> tuple[int, int]:
-        return _level_shape(np.empty(size_of[path] + (0,)), style_height)
-
-    content = imageio.load_image(content_path, what="content image", min_size=out_hw)
-    styles = [imageio.load_image(path, what="style image", min_size=style_hw(path)) for path in style_paths]
-    init = None
-    if config.init == "image":
-        if not args.init_image:
-            raise ConfigError("--init image needs --init-image PATH")
-        init = imageio.load_image(args.init_image, what="init image", min_size=out_hw)
-
-    content_masks = None
-    if args.mask_colors is not None and not args.content_mask:
-        raise ConfigError("--mask-colors needs --content-mask LABEL_IMAGE")
-    if args.content_mask:
-        images = [imageio.load_image(p, what="content mask", min_size=out_hw) for p in args.content_mask]
-        for m in images:
-            _check_aspect(m, content, "the content mask")
-        if len(images) == 1:
-            masks = guides.regions_from_labels(images[0], len(styles), args.mask_colors)
-        elif len(images) == len(styles):
-            if args.mask_colors is not None:
-                raise ConfigError("--mask-colors reads ONE colour-coded --content-mask; drop it with one mask per style")
-            first = images[0].shape[:2]
-            masks = guides.masks_from_images([imageio.resize(m, *first) for m in images])
-        else:
-            raise ConfigError(f"--content-mask has {len(images)} images for {len(styles)} styles; give one "
-                              "label image or one mask per style")
-        content_masks = np.asarray(guides.resize_masks(masks, *content.shape[:2]))
-    style_masks = None
-    if args.style_mask:
-        if len(args.style_mask) != len(styles):
-            raise ConfigError(f"--style-mask has {len(args.style_mask)} masks for {len(styles)} style images; "
-                              "give one per style")
-        style_masks = []
-        for path, style_path, style in zip(args.style_mask, style_paths, styles):
-            m = imageio.load_image(path, what="style mask", min_size=style_hw(style_path))
-            _check_aspect(m, style, "a style mask")
-            style_masks.append(np.asarray(guides.masks_from_images([imageio.resize(m, *style.shape[:2])]))[0])
-    return _Plan(content, styles, init, content_masks, style_masks)
-
-
-def _snapshot_path(output, iteration: int):
-    from pathlib import Path
-
-    out = Path(output)
-    return out.with_name(f"{out.stem}_iter{iteration:05d}{out.suffix}")
-
-
-def _last_good_path(output):
-    """Where a failed run saves its last good image: beside ``--output``, never over it."""
-    from pathlib import Path
-
-    out = Path(output)
-    return out.with_name(f"{out.stem}.last-good{out.suffix}")
-
-
-def _check_style_scale(style_scale: float, size: int) -> None:
-    """Refuses a --style-scale whose style height no image can have, before any image is sized.
-
-    A style height above :func:`image.max_pixels` is more pixels than the readers accept even for a
-    one-pixel-wide image; smaller heights are left to the memory check, which knows the aspect ratio.
-    """
-    from nst_jax import image as imageio
-
-    limit = int(imageio.max_pixels())
-    if not np.isfinite(style_scale) or not style_scale > 0:
-        raise ConfigError(f"--style-scale must be a finite number > 0, got {style_scale}")
-    if size * style_scale > limit:
-        raise ConfigError(f"--style-scale {style_scale:g} makes the style {size * style_scale:.3g} px high, more "
-                          f"pixels than any image may have ({limit / 1e6:.0f} megapixels); lower --style-scale "
-                          "(1 gives the style the height of --size)")
-
-
-def _check_outputs(args) -> None:
-    """Refuses an --output, its last-good name or --metrics-json that would replace an input file."""
-    from nst_jax import cli
-
-    inputs = ([("content image", args.content)] + [("style image", s) for s in args.style or []]
-              + [("content mask", m) for m in args.content_mask or []]
-              + [("style mask", m) for m in args.style_mask or []] + [("init image", args.init_image)])
-    outputs = [("--output", args.output), ("--output (its last-good name)", _last_good_path(args.output))]
-    cli.refuse_overwriting_inputs(outputs, inputs)
-    if args.metrics_json:
-        cli.refuse_overwriting_inputs([("--metrics-json", args.metrics_json)],
-                                      inputs + [("output image", args.output)])
-
-
-def _runner(args, config: GatysConfig):
-    """gatys.run, or tiling.run_tiled with the tile geometry bound when --tile-size is given."""
-    if args.tile_size is None:
-        if args.tile_halo is not None:
-            raise ConfigError("--tile-halo needs --tile-size")
-        return run
-    if args.content_mask or args.style_mask:
-        raise ConfigError("spatial control (--content-mask/--style-mask) does not work with --tile-size; "
-                          "drop one of them")
-    from nst_jax import tiling
-
-    # Check the geometry now, before any image work.
-    tiling.tile_grid((1, args.tile_size, args.tile_size, 3), config.layers, args.tile_size, args.tile_halo)
-    return functools.partial(tiling.run_tiled, tile_size=args.tile_size, halo=args.tile_halo)
-
-
-def _check_metrics_path(path) -> None:
-    """Refuses a --metrics-json path that cannot be written, before any long job starts."""
-    import os
-    from pathlib import Path
-
-    from nst_jax.errors import OutputPathError
-
-    path = Path(path)
-    if path.is_dir():
-        raise OutputPathError(f"--metrics-json is a folder: {path}; give a file name such as {path / 'metrics.json'}")
-    parent = path.parent
-    if not parent.is_dir():
-        what = "is not a folder" if parent.exists() else "does not exist"
-        raise OutputPathError(f"--metrics-json folder {what}: {parent}; create it or choose another --metrics-json")
-    if not os.access(parent, os.W_OK):
-        raise OutputPathError(f"--metrics-json folder is not writable: {parent}; fix its permissions or "
-                              "choose another --metrics-json")
-
-
-def _memory_needed(args, config: GatysConfig, height: int, width: int, params, backward: bool = True) -> int:
-    """Estimated bytes of optimizing (or, ``backward=False``, of one forward pass over) an image."""
-    from nst_jax import memory
-
-    return memory.gatys_bytes(height, width, params, config, backward=backward, tile_size=args.tile_size,
-                              tile_halo=args.tile_halo)
-
-
-def _check_memory(args, config: GatysConfig, plan: _Plan, size: int, params) -> None:
-    """Refuses a job whose largest level (output or a style image) would not fit in memory."""
-    from nst_jax.errors import MemoryBudgetError
-
-    from nst_jax import memory
-
-    budget = int(args.max_memory * 2**30) if args.max_memory else memory.available_bytes()
-    height, width = _level_shape(plan.content, size)
-    need = _memory_needed(args, config, height, width, params)
-    if need > budget:
-        raise MemoryBudgetError(
-            f"a {width}x{height} image needs about {need / 2**30:.1f} GiB but "
-            f"{budget / 2**30:.1f} GiB are available; lower --size, add --remat, --tile-size or --dtype "
-            "bfloat16, or raise --max-memory if you know better"
-        )
-    # The style images only go forward, once, for their Gram matrices.
-    style_height = max(int(round(size * args.style_scale)), 1)
-    for style in plan.styles:
-        sh, sw = _level_shape(style, style_height)
-        need = _memory_needed(args, config, sh, sw, params, backward=False)
-        if need > budget:
-            raise MemoryBudgetError(
-                f"a {sw}x{sh} style image (--style-scale {args.style_scale:g}) needs about "
-                f"{need / 2**30:.1f} GiB but {budget / 2**30:.1f} GiB are available; lower --style-scale "
-                "or --size, or raise --max-memory if you know better"
-            )
-
-
-def _main(argv=None) -> int:
-    import json
-    import sys
-
-    from tqdm import tqdm
-
-    from nst_jax import cli, compile_cache, multiscale, weights as weights_mod
-    from nst_jax import image as imageio
-
-    args = _parser().parse_args(argv)
-    compile_cache.enable()  # before the first compile; the library itself never sets it
-    sizes, level_its = _levels(args)
-    config = GatysConfig(
-        content_layers=args.content_layers, style_layers=args.style_layers, iterations=level_its[0],
-        optimizer=args.optimizer, learning_rate=args.learning_rate, history_size=args.history_size,
-        pooling=args.pooling, init=args.init, init_noise=args.init_noise, remat=args.remat,
-        compute_dtype=args.dtype, color=args.color, color_space=args.color_space,
-        color_transform=args.color_transform,
-    )
-    lw = loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights, args.tv_weight)
-    runner = _runner(args, config)
-    imageio.check_output_path(args.output, bits=args.bits)
-    if args.metrics_json:
-        _check_metrics_path(args.metrics_json)
-    _check_outputs(args)
-    _check_style_scale(args.style_scale, max(sizes))
-    plan = _load_inputs(args, config, sizes)
-    n_styles = len(plan.styles)
-    if args.style_blend_weights is not None and len(args.style_blend_weights) != n_styles:
-        raise ConfigError(f"--style-blend-weights has {len(args.style_blend_weights)} values for "
-                          f"{n_styles} style images; give one per style")
-    if args.style_blend_weights is not None:  # refused now, not after the weights are loaded
-        normalized_weights(args.style_blend_weights, "--style-blend-weights")
-    if args.style_blend_weights is not None and plan.content_masks is not None:
-        raise ConfigError("--style-blend-weights cannot be combined with --content-mask (each region "
-                          "takes one style); drop one of them")
-    params = weights_mod.resolve_weights("vgg19", args.weights)
-
-    _check_memory(args, config, plan, sizes[-1], params)
-
-    total = sum(level_its)
-    offsets = [sum(level_its[:i]) for i in range(len(level_its))]
-    bar = tqdm(total=total, disable=args.no_progress, unit="it", dynamic_ncols=True,
-               desc="stylizing", file=sys.stderr)
-
-    def callback(level: int, progress: Progress, get_image):
-        done = offsets[level] + progress.iteration
-        bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{progress.loss:.4g}", **({"size": sizes[level]} if len(sizes) > 1 else {}))
-        # The runner cuts its chunks at every multiple of --save-every, so none is skipped.
-        if args.save_every and progress.iteration % args.save_every == 0 and done < total:
-            imageio.save_image(_snapshot_path(args.output, done), get_image(), bits=args.bits)
-
-    try:
-        ms = multiscale.run_multiscale(
-            params, plan.content, plan.styles, config, lw, sizes=sizes, iterations=level_its,
-            style_scale=args.style_scale, key=jax.random.key(args.seed), init=plan.init,
-            blend_weights=args.style_blend_weights, content_masks=plan.content_masks,
-            style_masks=plan.style_masks, chunk=args.chunk, callback=callback, runner=runner,
-            snapshot_every=args.save_every)
-    except NonFiniteLossError as err:
-        bar.close()
-        # A failed run never changes an existing output: its last good image goes beside it.
-        saved = imageio.save_image(_last_good_path(args.output), err.image, bits=args.bits)
-        raise NonFiniteLossError(f"{err}; that image was saved as {saved} ({args.output} was not "
-                                 "written)") from None
-    bar.close()
-    result = ms.result
-    if args.metrics_json:
-        metrics = {
-            # Top-level numbers describe the last level, whose image is the output.
-            "losses": result.losses,
-            "final_loss": result.terms["total"],
-            "content_loss": result.terms["content"],
-            "style_loss": result.terms["style"],
-            "tv_loss": result.terms["tv"],
-            "content_weighted": result.terms["content_weighted"],
-            "style_weighted": result.terms["style_weighted"],
-            "tv_weighted": result.terms["tv_weighted"],
-            "evaluations": result.evaluations,
-            "evaluations_per_iteration": result.evaluations / result.iterations if result.iterations else None,
-            "seconds_per_iteration": result.seconds_per_iteration,
-            "compile_seconds": result.compile_seconds,
-            "program_source": result.program_source,
-            "iterations": result.iterations,
-            "interrupted": result.interrupted,
-            "levels": [level.as_dict() for level in ms.levels],
-            "total_iterations": sum(level.iterations for level in ms.levels),
-            "total_seconds": sum(level.seconds for level in ms.levels),
-            "config": {**dataclasses.asdict(dataclasses.replace(config, iterations=level_its[-1])),
-                       "content_weight": args.content_weight,
-                       "style_weight": args.style_weight, "tv_weight": args.tv_weight,
-                       "style_layer_weights": [float(w) for w in lw.style_layers],
-                       "size": sizes[-1], "sizes": list(sizes), "level_iterations": list(level_its),
-                       "seed": args.seed, "backend": jax.default_backend(),
-                       "tile_size": args.tile_size, "tile_halo": args.tile_halo,
-                       "content": str(args.content or "built-in"),
-                       "style": [str(s) for s in (args.style or ["built-in"])],
-                       "content_mask": [str(m) for m in (args.content_mask or [])],
-                       "style_mask": [str(m) for m in (args.style_mask or [])]},
-        }
-        # Before the image: a failed metrics write (disk full) then leaves both files as they were.
-        imageio.atomic_write(args.metrics_json, json.dumps(metrics, indent=1))
-    imageio.save_image(args.output, result.image, bits=args.bits)
-    if result.interrupted:
-        print(f"interrupted at iteration {result.iterations} of the {sizes[len(ms.levels) - 1]}-pixel level; "
-              f"saved {args.output}", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    print(f"saved {args.output} (loss {result.terms['total']:.4g} after {result.iterations} iterations"
-          f"{f' at {sizes[-1]} px, {len(sizes)} levels' if len(sizes) > 1 else ''})", file=sys.stderr)
-    return 0
-
-
-def main(argv=None) -> int:
-    """Entry point of ``python -m nst_jax.gatys`` and the ``nst-gatys`` console script."""
-    from nst_jax import cli
-
-    return cli.run_main(_main, argv)
-
-
 if __name__ == "__main__":
-    import sys
+    from nst_jax.cli.gatys import console
 
-    sys.exit(main())
+    console()

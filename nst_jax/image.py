@@ -37,7 +37,6 @@ import math
 import os
 import stat
 import struct
-import uuid
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -52,6 +51,7 @@ try:  # LittleCMS support is an optional part of a Pillow build.
 except ImportError:  # pragma: no cover - depends on how Pillow was built
     ImageCms = None
 
+from nst_jax import files
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError, OutputPathError
 
 __all__ = [
@@ -799,47 +799,11 @@ def check_output_path(path: str | os.PathLike, bits: int = 8) -> Path:
     if not parent.is_dir():
         raise OutputPathError(f"output folder is not a folder: {parent}; choose another --output")
     try:
-        fd, probe = _create_temp(path)
-        os.close(fd)
-        os.unlink(probe)
+        files.probe_write(path)
     except OSError as err:
         raise OutputPathError(f"output folder is not writable: {parent} "
                               f"({err.strerror or _one_line(err)}); fix its permissions or "
                               "choose another --output") from None
-    return path
-
-
-def _create_temp(path: Path) -> tuple[int, Path]:
-    # O_EXCL makes the name ours alone; mode 0o666 lets the umask decide, as for any new file.
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), temp
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Writes ``data`` (str as UTF-8) to ``path`` atomically, as :func:`save_image` writes images.
-
-    A temporary file in the same folder is written, synced and renamed over ``path``: a failed
-    write (disk full...) leaves any earlier file at ``path`` untouched and no temporary file behind.
-
-    Raises:
-      OutputPathError: the folder cannot be written or the write failed.
-    """
-    path = Path(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    temp = None
-    try:
-        fd, temp = _create_temp(path)
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as err:
-        raise OutputPathError(f"could not write {path} ({err.strerror or _one_line(err)}); check free "
-                              "disk space and permissions, or choose another path") from None
-    finally:
-        if temp is not None and temp.exists():
-            temp.unlink()
     return path
 
 
@@ -873,27 +837,16 @@ def save_image(path: str | os.PathLike, image, *, bits: int = 8, quality: int = 
                           "default")
     pixels = _to_pixels(image, path, bits)
     fmt = _SAVE_FORMATS[path.suffix.lower()]
-    fd, temp = _create_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if bits == 16:
-                _write_png16(f, pixels)
-            else:
-                options = {}
-                if fmt in ("JPEG", "WEBP"):
-                    options["quality"] = quality
-                if fmt == "JPEG":
-                    options["subsampling"] = 0 if quality >= 90 else 2
-                Image.fromarray(pixels).save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as err:
-        raise OutputPathError(f"could not write {path} ({err.strerror or _one_line(err)}); check "
-                              "free disk space and permissions, or choose another --output") from None
-    finally:
-        if temp.exists():
-            temp.unlink()
+    with files.atomic_write(path) as f:
+        if bits == 16:
+            _write_png16(f, pixels)
+        else:
+            options = {}
+            if fmt in ("JPEG", "WEBP"):
+                options["quality"] = quality
+            if fmt == "JPEG":
+                options["subsampling"] = 0 if quality >= 90 else 2
+            Image.fromarray(pixels).save(f, format=fmt, **options)
     return path
 
 

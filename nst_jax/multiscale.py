@@ -203,15 +203,10 @@ def run_multiscale(
 
         finish = driver.finisher(original, color=config.color, color_space=config.color_space)
 
-        level_callback = None
-        if callback is not None:
-            def level_callback(progress, get_image, index=index, finish=finish):
-                callback(index, progress, lambda: finish(get_image()))
-
         try:
             result = runner(params, prep_content, prep_styles, level_config, weights,
                             key=key, init=start, blend_weights=blend_weights,
-                            chunk=chunk, callback=level_callback, snapshot_every=snapshot_every,
+                            chunk=chunk, callback=_level_callback(callback, index, finish), snapshot_every=snapshot_every,
                             **_mask_kwargs(level_masks, level_style_masks))
         except NonFiniteLossError as err:
             err.image = finish(err.image)
@@ -224,6 +219,14 @@ def run_multiscale(
         if result.interrupted:
             break
     return MultiscaleResult(result, levels)
+
+
+def _level_callback(callback, index: int, finish):
+    """The runner's callback for level ``index``: ``callback(index, progress, get_image)`` with images
+    colour-restored by ``finish``; None without a callback."""
+    if callback is None:
+        return None
+    return lambda progress, get_image: callback(index, progress, lambda: finish(get_image()))
 
 
 def _mask_kwargs(content_masks, style_masks) -> dict:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from nst_jax import files
 
 # Colour-blind-safe palette (Okabe & Ito), cycled over the series.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -177,12 +178,6 @@ def save_line_plot(path: str | os.PathLike, series: Series, **kwargs) -> Path:
     """Renders :func:`line_plot` and writes it to ``path`` as PNG atomically (temp file + rename)."""
     path = Path(path)
     img = line_plot(series, **kwargs)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with files.atomic_write(path) as f:
+        img.save(f, format="PNG")
     return path

@@ -43,6 +43,12 @@ does the port (``TrainConfig.adam_b2 = 0.999`` matches both). The learning rate 
 (the report's ReduceLROnPlateau) by default; ``lr_schedule="inverse"`` is the official
 lr / (1 + 5e-5·t), t = number of previous updates.
 
+The model. The decoder is the Flax NNX module :class:`nst_jax.adain.Decoder`; the state splits
+it (``nnx.split``) into its static graph and its parameters, and the parameters (a pure-dict
+``nnx.State``) are the pytree the step differentiates and Adam (optax) updates; the step rebuilds
+the module with ``nnx.merge`` while tracing. Inference (:func:`nst_jax.adain.decode`) runs the same
+module on the same tree.
+
 Parallelism and state. One jitted, pure :func:`train_step` runs on a 1-D ``Mesh`` over all devices
 ("data"): the batch is sharded along it, the decoder and optimizer state are replicated, and XLA
 inserts the gradient all-reduce, so a step on D devices computes the same update as on one. The state
@@ -81,9 +87,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -94,15 +98,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nst_jax import adain, data, losses, plot, vgg, weights
+from nst_jax import adain, data, distributed, files, losses, plot, vgg, weights
 from nst_jax.errors import (
     ConfigError,
     DeviceCountError,
     NonFiniteLossError,
     OutputPathError,
+    ProcessLostError,
     WeightsError,
     check_choice,
 )
@@ -125,6 +131,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss_curve.png"
 DECODER_FILE = "decoder.npz"
+_CONNECT_TIMEOUT_S = distributed.DEFAULT_TIMEOUT_S  # (the field ``distributed`` hides the module in TrainConfig)
 
 
 def _field(default: Any, help: str, **kw) -> Any:  # noqa: A002 - argparse vocabulary
@@ -165,7 +172,20 @@ class TrainConfig:
     keep: int = _field(3, "checkpoints to keep")
     seed: int = _field(0, "seed for decoder init, shuffling and crops")
     num_workers: int = _field(4, "grain worker processes decoding images (0: in the main process)")
-    distributed: bool = _field(False, "call jax.distributed.initialize() first (multi-host training)")
+    distributed: bool = _field(
+        False, "several processes, detected from the launcher: SLURM (srun), Open MPI (mpirun), Kubernetes or "
+        "Cloud TPU", group="processes")
+    coordinator_address: str | None = _field(
+        None, "several processes started by hand: HOST:PORT of process 0, the same on every process",
+        group="processes", metavar="HOST:PORT")
+    num_processes: int | None = _field(None, "number of processes (with --coordinator-address)",
+                                       group="processes", metavar="N")
+    process_id: int | None = _field(None, "this process, 0 .. N-1 (with --coordinator-address)",
+                                    group="processes", metavar="I")
+    connect_timeout: float = _field(
+        float(_CONNECT_TIMEOUT_S), "seconds to wait for every process to connect, and at each "
+        "checkpoint restore for every process to arrive", group="processes", flag="--timeout", min=">0",
+        metavar="SECONDS")
 
     @property
     def effective_style_weight(self) -> float:
@@ -216,7 +236,26 @@ def check_config(config: TrainConfig) -> TrainConfig:
     need(math.isfinite(config.effective_style_weight) and config.effective_style_weight >= 0,
          "style_weight", "a finite number >= 0")
     need(0 <= config.seed < 2**31, "seed", "in [0, 2^31)")
+    need(math.isfinite(config.connect_timeout) and config.connect_timeout > 0, "connect_timeout", "> 0")
+    distributed.check_arguments(config.coordinator_address, config.num_processes, config.process_id,
+                                auto=config.distributed)
     return config
+
+
+def initialize_processes(config: TrainConfig,
+                         on_stall: Callable[[str], None] | None = None) -> distributed.ProcessInfo:
+    """Joins the other processes of a multi-process run (no-op for one process); before any JAX work.
+
+    ``--coordinator-address --num-processes --process-id`` start it by hand, ``--distributed``
+    alone lets JAX detect the launcher (:func:`nst_jax.distributed.initialize`). Calling it again
+    once connected returns the same :class:`~nst_jax.distributed.ProcessInfo`.
+
+    Raises:
+      ConfigError: bad process flags, no coordinator within ``--timeout``, or processes that
+        disagree on ``--num-processes``.
+    """
+    return distributed.initialize(config.coordinator_address, config.num_processes, config.process_id,
+                                  auto=config.distributed, timeout_s=config.connect_timeout, on_stall=on_stall)
 
 
 def check_batch_split(batch_size: int, num_devices: int, num_processes: int = 1) -> int:
@@ -278,13 +317,16 @@ def adain_targets(encoder_params: Params, content: Array, style: Array) -> tuple
 def output_features(decoder_params: Params, encoder_params: Params, t: Array) -> dict[str, Array]:
     """φ_i(g(t)) at :data:`STYLE_LAYERS` (relu4_1 doubles as f(g(t)) for the content loss).
 
-    The decoder output is not clipped, as in both reference implementations.
+    g is the :class:`nst_jax.adain.Decoder` module rebuilt from its static graph and the params
+    (``nnx.merge``; free at run time, it happens while tracing). Its output is not clipped, as in
+    both reference implementations.
     """
-    return adain.encode(encoder_params, adain.decode(decoder_params, t), STYLE_LAYERS)
+    decoder = adain.Decoder.merge(decoder_params)
+    return adain.encode(encoder_params, decoder(t), STYLE_LAYERS)
 
 
-def loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
-               loss_norm: str) -> tuple[Array, Array]:
+def adain_loss_terms(out_feats: Mapping[str, Array], t: Array, style_feats: Mapping[str, Array],
+                     loss_norm: str) -> tuple[Array, Array]:
     """(Lc, Ls) of report eq. 13-14 from the output's features, the target t and the style's features."""
     lc = content_term(out_feats[CONTENT_LAYER], t, loss_norm)
     ls = jnp.zeros((), jnp.float32)
@@ -304,7 +346,7 @@ def adain_losses(decoder_params: Params, encoder_params: Params, content: Array,
     t = AdaIN(f(c), f(s)) is both the decoder input and the content target, as in the paper.
     """
     t, style_feats = adain_targets(encoder_params, content, style)
-    return loss_terms(output_features(decoder_params, encoder_params, t), t, style_feats, loss_norm)
+    return adain_loss_terms(output_features(decoder_params, encoder_params, t), t, style_feats, loss_norm)
 
 
 def to_float_images(batch: Array) -> Array:
@@ -327,7 +369,13 @@ def loss_fn(decoder_params: Params, encoder_params: Params, batch: Mapping[str, 
 
 
 class TrainState(NamedTuple):
-    """Everything a checkpoint holds: steps done, decoder params, optimizer state."""
+    """Everything a checkpoint holds: steps done, decoder params, optimizer state.
+
+    ``params`` is the trainable half of ``nnx.split(adain.Decoder(widths))`` as a pure dict
+    (``{"dec4_1": {"kernel", "bias"}, ...}``); the static half, the graph, follows from the widths
+    (``adain.Decoder.graphdef``). The pure dict is the layout of the checkpoints, of ``decoder.npz``
+    and of :func:`nst_jax.adain.decode`'s params, so all three read the same tree.
+    """
 
     step: Array
     params: Params
@@ -405,8 +453,9 @@ def current_lr(spec: OptimizerSpec, hyper: Hyper, step: Array, opt_state: optax.
 
 
 def init_state(key: Array, widths: tuple[int, int, int, int], spec: OptimizerSpec) -> TrainState:
-    """Fresh state: random decoder (``adain.init_decoder``) and zeroed optimizer state."""
-    params = adain.init_decoder(key, widths)
+    """Fresh state: a new :class:`nst_jax.adain.Decoder` split into graph and params, zeroed optimizer state."""
+    _, state = nnx.split(adain.Decoder(widths, rngs=nnx.Rngs(params=key)), nnx.Param)
+    params = nnx.to_pure_dict(state)
     return TrainState(jnp.zeros((), jnp.int32), params, make_optimizer(spec).init(params))
 
 
@@ -515,17 +564,6 @@ def make_source(config: TrainConfig, which: str) -> tuple[Any, int]:
         return data.ImageFolderSource(scan.files, config.load_size, config.crop), len(scan.skipped)
     return data.TfdsImageSource(tfds, config.load_size, config.crop, data_dir=config.tfds_data_dir,
                                 image_key=config.tfds_image_key), 0
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # A metrics record is about 250 bytes; a longer line is not one the trainer wrote.
@@ -689,8 +727,13 @@ def _one_line(err: BaseException) -> str:
     return (text[0] if text else type(err).__name__)[:200]
 
 
-def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainState | None, list[str]]:
+def restore_latest(manager, abstract: TrainState, workdir: Path, *, info: distributed.ProcessInfo | None = None,
+                   timeout_s: float = distributed.DEFAULT_TIMEOUT_S) -> tuple[TrainState | None, list[str]]:
     """Restores the newest readable checkpoint; unreadable newer ones are moved to ``corrupt_checkpoints/``.
+
+    In a multi-process run every process takes part: they first check that they see the same
+    checkpoints (one shared workdir), then restore the newest step that every one of them can read
+    (a step unreadable on any process is skipped by all), so all resume from the same step.
 
     Returns:
       (state or None when there is no checkpoint, warnings).
@@ -700,26 +743,34 @@ def restore_latest(manager, abstract: TrainState, workdir: Path) -> tuple[TrainS
     """
     import orbax.checkpoint as ocp
 
+    info = info or distributed.ProcessInfo()
     steps = sorted(manager.all_steps(), reverse=True)
+    distributed.agree("checkpoint_steps", str(steps), info, timeout_s=timeout_s,
+                      flag=f"checkpoint steps in {workdir / CHECKPOINT_DIR} (one folder all processes share)")
     failed: list[tuple[int, str]] = []
     for step in steps:
+        why = None
         try:
             state = _restore_step(manager, step, ocp.args.StandardRestore(abstract))
         except _UnreadableCheckpoint as err:
-            failed.append((step, str(err)))
+            why = str(err)
+        if info.count > 1 and not _all_processes(why is None):
+            why = why or "unreadable on another process"
+        if why is not None:
+            failed.append((step, why))
             continue
         warnings = []
         for bad, why in failed:
             # Moved aside (not deleted) so that the next save of that step number cannot collide
             # with it and the evidence stays for inspection.
             dest = workdir / CORRUPT_DIR / str(bad)
-            if jax.process_index() == 0:
+            if info.is_main:
                 dest.parent.mkdir(exist_ok=True)
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.move(str(workdir / CHECKPOINT_DIR / str(bad)), dest)
+                files.move_aside(workdir / CHECKPOINT_DIR / str(bad), dest)
             warnings.append(f"checkpoint at step {bad} is unreadable ({why}); moved it to {dest} and "
                             f"resumed from step {step}")
         if failed:
+            distributed.barrier(f"moved_aside/{step}", info, timeout_s=timeout_s)
             manager.reload()
         for w in warnings:
             logger.warning("%s", w)
@@ -767,8 +818,9 @@ def export_decoder(workdir: str | os.PathLike, out: str | os.PathLike, *, step: 
 
 
 @dataclasses.dataclass(frozen=True)
-class Progress:
-    """What :func:`train` reports to its callback after each step."""
+class TrainProgress:
+    """What :func:`train` reports to its callback after each step (optimization runs report a
+    :class:`nst_jax.driver.Progress` per chunk instead)."""
 
     step: int
     start_step: int
@@ -815,7 +867,7 @@ def _write_config(workdir: Path, config: TrainConfig, mesh: Mesh, start_step: in
     record.update(style_weight_used=config.effective_style_weight, num_devices=mesh.size,
                   num_processes=jax.process_count(), jax_version=jax.__version__, resumed_from_step=start_step,
                   skipped_unreadable_files=dict(skipped))
-    _atomic_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    files.atomic_write_text(workdir / CONFIG_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | None]:
@@ -838,17 +890,17 @@ def _trim_metrics(workdir: Path, start_step: int) -> tuple[list[dict], str | Non
         while backup.exists():
             n += 1
             backup = path.with_name(f"{path.name}.damaged.{n}")
-        os.replace(path, backup)
+        files.atomic_write_bytes(backup, path.read_bytes())  # the new log is then written over path
         warning = (f"{path} had {bad} damaged line(s) (not UTF-8 JSON records); kept it as {backup} and "
                    f"continued with its {len(records)} readable record(s)")
         logger.warning("%s", warning)
     if path.exists() or bad:
-        _atomic_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        files.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
     return records, warning
 
 
 def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Params | None = None,
-          callback: Callable[[Progress], None] | None = None,
+          callback: Callable[[TrainProgress], None] | None = None,
           stop: threading.Event | None = None, devices=None) -> TrainResult:
     """Trains (or resumes training) the AdaIN decoder; the Flax-example ``train(config, workdir)``.
 
@@ -857,7 +909,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
       workdir: folder for config, metrics, plot, checkpoints and the exported decoder; created if
         missing. If it holds checkpoints, training resumes from the latest readable one.
       encoder_params: the encoder; default: ``weights.resolve_weights("adain_vgg", config.vgg)``.
-      callback: called with a :class:`Progress` after every step (the CLI drives tqdm with it).
+      callback: called with a :class:`TrainProgress` after every step (the CLI drives tqdm with it).
       stop: when set (e.g. by a SIGINT handler), training saves a checkpoint at the current step
         and returns with ``interrupted=True``.
       devices: devices to train on (default: all); the batch is split over them.
@@ -876,16 +928,20 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
     # must find the images wherever the current directory is later.
     config = absolute_paths(config)
     workdir = _absolute(workdir)
-    if config.distributed:
-        _initialize_distributed()
+    info = initialize_processes(config)
     mesh = make_mesh(devices)
-    check_batch_split(config.batch_size, mesh.size, jax.process_count())
+    check_batch_split(config.batch_size, mesh.size, info.count)
+    # Every process must train the same run: a differing setting would silently diverge the replicas.
+    for name, value in _run_settings(config).items():
+        distributed.agree(f"config/{name}", json.dumps(value), info, timeout_s=config.connect_timeout,
+                          flag=flag_name(name))
     # Scan the image folders before compiling anything: a bad folder is refused in milliseconds.
     content_source, skipped_content = make_source(config, "content")
     style_source, skipped_style = make_source(config, "style")
     skipped = {"content": skipped_content, "style": skipped_style}
     workdir = _make_workdir(workdir)
-    is_main = jax.process_index() == 0
+    _check_shared_workdir(workdir, info, config.connect_timeout)
+    is_main = info.is_main
 
     if encoder_params is None:
         encoder_params = weights.resolve_weights("adain_vgg", config.vgg)
@@ -900,7 +956,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
     manager = _checkpoint_manager(workdir, config)
     stream = None
     try:
-        restored, warnings = restore_latest(manager, abstract, workdir)
+        restored, warnings = restore_latest(manager, abstract, workdir, info=info,
+                                            timeout_s=config.connect_timeout)
         if restored is not None:
             state = restored
         start_step = int(jax.device_get(state.step))
@@ -915,11 +972,11 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         interrupted = False
         step = start_step
         if start_step < config.steps:
-            local_batch = config.batch_size // jax.process_count()
+            local_batch = config.batch_size // info.count
             stream = iter(data.pair_batches(
                 content_source, style_source, batch_size=local_batch, crop=config.crop, seed=config.seed,
                 start_step=start_step, num_workers=config.num_workers,
-                process_index=jax.process_index(), process_count=jax.process_count()))
+                process_index=info.index, process_count=info.count))
             pending: list[tuple[int, dict]] = []  # device metrics not yet checked
             window: list[dict] = []  # host metrics since the last log line
             last_checked, window_start = start_step, time.perf_counter()
@@ -929,6 +986,8 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
                 state, metrics = step_fn(state, batch, encoder, hyper)
                 pending.append((step, metrics))
                 stop_now = stop is not None and stop.is_set()
+                if info.count > 1:  # all stop at the same step, or the others wait in the next all-reduce
+                    stop_now = _any_process(stop_now)
                 log_now = step % config.log_every == 0 or step == config.steps or stop_now
                 save_now = step % config.checkpoint_every == 0 or step == config.steps
                 if log_now or save_now or stop_now:
@@ -950,7 +1009,7 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
                     _save(manager, step, state, force=stop_now or step == config.steps)
                     latest_ckpt = manager.latest_step()
                 if callback is not None:
-                    callback(Progress(step, start_step, config.steps, record))
+                    callback(TrainProgress(step, start_step, config.steps, record))
                 if stop_now:
                     interrupted = True
                     break
@@ -961,6 +1020,10 @@ def train(config: TrainConfig, workdir: str | os.PathLike, *, encoder_params: Pa
         return TrainResult(state=state, start_step=start_step, step=step, records=records,
                            skipped=skipped,
                            warnings=warnings, interrupted=interrupted, decoder_path=decoder_path)
+    except jax.errors.JaxRuntimeError as err:
+        if info.count > 1:  # a collective lost its peer: say so in one line, not a runtime traceback
+            raise _process_lost(err, info) from None
+        raise
     finally:
         if stream is not None and hasattr(stream, "close"):
             stream.close()
@@ -1008,6 +1071,64 @@ def _make_workdir(workdir: Path) -> Path:
     return workdir
 
 
+SHARED_CHECK_FILE = ".processes"
+
+
+def _check_shared_workdir(workdir: Path, info: distributed.ProcessInfo, timeout_s: float) -> None:
+    """In a multi-process run, checks that every process sees the folder process 0 writes to.
+
+    Checkpoints are written jointly (orbax: each process its part, process 0 the metadata), so the
+    workdir must be one shared folder (a network filesystem or a bucket), not one copy per machine.
+
+    Raises:
+      ConfigError: a process does not see process 0's marker file in its --workdir.
+    """
+    if info.count == 1:
+        return
+    path = workdir / SHARED_CHECK_FILE
+    if info.is_main:
+        files.atomic_write_text(path, f"{os.getpid()}-{time.time_ns()}\n")
+    distributed.barrier("shared_workdir/written", info, timeout_s=timeout_s)
+    try:
+        seen = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        seen = "nothing"
+    try:
+        distributed.agree("shared_workdir", seen, info, timeout_s=timeout_s)
+    except ConfigError as err:
+        raise ConfigError(f"--workdir {workdir} is not one folder shared by all processes ({err}); put it on a "
+                          "filesystem every machine mounts (NFS, Lustre, a FUSE bucket)") from None
+
+
+def _process_lost(err: Exception, info: distributed.ProcessInfo) -> ProcessLostError:
+    return ProcessLostError(
+        f"process {info.index} of {info.count}: another process stopped or lost its connection "
+        f"({_one_line(err)}); rerun the same command on every process to resume from the last checkpoint")
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (a collective: every process must call it)."""
+    from jax.experimental import multihost_utils
+
+    try:
+        return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+    except ValueError as err:  # a peer that died during dispatch surfaces here as a ValueError
+        raise _process_lost(err, distributed.ProcessInfo(jax.process_index(), jax.process_count())) from None
+
+
+def _all_processes(flag: bool) -> bool:
+    """Whether ``flag`` is set on every process (a collective: every process must call it)."""
+    return not _any_process(not flag)
+
+
+def _run_settings(config: TrainConfig) -> dict:
+    """The config fields that must be equal on every process."""
+    settings = dataclasses.asdict(config)
+    for name in ("process_id", "num_workers", "connect_timeout"):  # per machine; no effect on the result
+        del settings[name]
+    return settings
+
+
 def _save(manager, step: int, state: TrainState, *, force: bool) -> None:
     import orbax.checkpoint as ocp
 
@@ -1016,21 +1137,12 @@ def _save(manager, step: int, state: TrainState, *, force: bool) -> None:
     manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
-def _initialize_distributed() -> None:
-    try:
-        jax.distributed.initialize()
-    except (RuntimeError, ValueError) as err:
-        raise ConfigError(f"jax.distributed.initialize() failed ({_one_line(err)}); run under a cluster "
-                          "launcher (SLURM, Cloud TPU, or set JAX_COORDINATOR_ADDRESS etc.) or drop "
-                          "--distributed") from None
-
-
 __all__ = [
     "CONTENT_LAYER", "DEFAULT_STYLE_WEIGHTS", "LOSS_NORMS", "LR_SCHEDULES", "STYLE_LAYERS",
-    "Hyper", "OptimizerSpec", "Progress", "TrainConfig", "TrainResult", "TrainState", "adain_losses",
-    "adain_targets", "loss_terms", "output_features",
+    "Hyper", "OptimizerSpec", "TrainConfig", "TrainProgress", "TrainResult", "TrainState", "adain_losses",
+    "adain_targets", "adain_loss_terms", "output_features",
     "check_batch_split", "check_config", "compiled_train_step", "content_term", "create_state",
-    "current_lr", "encoder_widths", "export_decoder", "flag_name", "init_state", "loss_fn",
+    "current_lr", "encoder_widths", "export_decoder", "flag_name", "init_state", "initialize_processes", "loss_fn",
     "make_mesh", "make_optimizer", "make_source", "plot_metrics", "read_metrics", "replicate", "restore_latest",
     "schedule_factor", "shard_batch",
     "statistic_term", "train", "train_step",

@@ -29,20 +29,18 @@ import http.client
 import os
 import math
 import re
-import secrets
 import stat
 import struct
 import urllib.error
 import urllib.request
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-from nst_jax import _pth, vgg
+from nst_jax import _pth, decoder_layers, files, vgg
 from nst_jax._pth import RestrictedUnpickler, read_state_dict
 from nst_jax.errors import (
     ChecksumError,
@@ -53,7 +51,7 @@ from nst_jax.errors import (
 )
 
 __all__ = [
-    "ADAIN_DECODER_INDEX", "ADAIN_DECODER_LAYERS", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
+    "ADAIN_DECODER_INDEX", "ADAIN_VGG_INDEX", "KINDS", "VGG19_INDEX",
     "WEIGHTS", "RestrictedUnpickler", "WeightsSpec", "cache_dir", "check_writable", "converted_path", "fetch",
     "hash_prefix_from_url", "load", "load_adain_decoder", "load_adain_vgg", "load_params",
     "load_vgg19", "read_state_dict", "resolve_weights", "save_adain_decoder", "save_params",
@@ -75,11 +73,8 @@ ADAIN_VGG_INDEX: dict[str, int] = {
 }
 ADAIN_VGG_LAST_MODULE = 30
 
-# pytorch-AdaIN ``net.py`` ``decoder``, in forward order (it mirrors the encoder from relu4_1).
-ADAIN_DECODER_LAYERS: tuple[str, ...] = (
-    "dec4_1", "dec3_4", "dec3_3", "dec3_2", "dec3_1", "dec2_2", "dec2_1", "dec1_2", "dec1_1",
-)
-ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(ADAIN_DECODER_LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
+# pytorch-AdaIN ``net.py`` ``decoder`` Sequential index of each conv (names: the decoder's own table).
+ADAIN_DECODER_INDEX: dict[str, int] = dict(zip(decoder_layers.LAYERS, (1, 5, 8, 11, 14, 18, 21, 25, 28)))
 
 _LEAVES = {"weight": "kernel", "bias": "bias"}  # torch parameter name -> Flax leaf name
 _KIND_KEY = "__kind__"
@@ -103,7 +98,6 @@ class _Layout:
     kernel: Mapping[str, int]  # square kernel size
     in_channels: int | None  # the first conv reads RGB
     out_channels: int | None  # the last conv writes RGB
-    flag: str
     loader: str
     hint: str
     prefix: str = ""  # torchvision nests the convs under "features."
@@ -127,8 +121,8 @@ _LAYOUTS: dict[str, _Layout] = {
         index=VGG19_INDEX,
         channels=_chain(vgg.CONV_LAYERS, (_VGG_WIDTHS[int(n[4])] for n in vgg.CONV_LAYERS), 3),
         kernel={n: 3 for n in VGG19_INDEX}, in_channels=3, out_channels=None,
-        flag="--weights", loader="load_vgg19",
-        hint="is this a VGG-19 file? for the AdaIN encoder use --vgg / load_adain_vgg",
+        loader="load_vgg19",
+        hint="is this a VGG-19 file? the AdaIN encoder loads with load_adain_vgg",
         prefix="features.", ignored=("classifier.",),
     ),
     "adain_vgg": _Layout(
@@ -138,17 +132,17 @@ _LAYOUTS: dict[str, _Layout] = {
             list(ADAIN_VGG_INDEX)[1:], (_VGG_WIDTHS[int(n[4])] for n in list(ADAIN_VGG_INDEX)[1:]), 3)},
         kernel={n: 1 if n == "preprocess" else 3 for n in ADAIN_VGG_INDEX},
         in_channels=3, out_channels=None,
-        flag="--vgg", loader="load_adain_vgg",
-        hint="is this AdaIN's vgg_normalised.pth? for torchvision's VGG-19 use --weights / load_vgg19",
+        loader="load_adain_vgg",
+        hint="is this AdaIN's vgg_normalised.pth? torchvision's VGG-19 loads with load_vgg19",
         last_module=ADAIN_VGG_LAST_MODULE,
     ),
     "adain_decoder": _Layout(
         kind="adain_decoder", what="AdaIN decoder",
         index=ADAIN_DECODER_INDEX,
-        channels=_chain(ADAIN_DECODER_LAYERS, (256, 256, 256, 256, 128, 128, 64, 64, 3), 512),
+        channels=dict(zip(decoder_layers.LAYERS, decoder_layers.layer_channels())),
         kernel={n: 3 for n in ADAIN_DECODER_INDEX}, in_channels=None, out_channels=3,
-        flag="--decoder", loader="load_adain_decoder",
-        hint="is this AdaIN's decoder.pth? for the encoder use --vgg / load_adain_vgg",
+        loader="load_adain_decoder",
+        hint="is this AdaIN's decoder.pth? the encoder loads with load_adain_vgg",
     ),
 }
 
@@ -226,7 +220,7 @@ def _guess_kind(shapes: Mapping[str, tuple[int, ...]], npz: bool) -> str | None:
 def _hint(layout: _Layout, guessed: str | None, shapes: Mapping[str, tuple[int, ...]]) -> str:
     if guessed is not None and guessed != layout.kind:
         other = _LAYOUTS[guessed]
-        return f"it looks like {other.what} weights: pass it with {other.flag} ({other.loader})"
+        return f'it looks like {other.what} weights: load it as kind "{other.kind}" ({other.loader})'
     if any(k.endswith("running_mean") for k in shapes):
         return "batch-norm VGG (e.g. vgg19_bn) is not supported; use plain VGG-19 weights"
     return layout.hint
@@ -238,22 +232,25 @@ def _listing(lines: list[str]) -> str:
 
 
 def _key_error(source: str, layout: _Layout, missing: list[str], unexpected: list[str],
-               shapes: Mapping[str, tuple[int, ...]], npz: bool) -> WeightsError:
+               shapes: Mapping[str, tuple[int, ...]], npz: bool, path: Path | None = None) -> WeightsError:
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing: {_listing(missing)}")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
-    hint = _hint(layout, _guess_kind(shapes, npz), shapes)
-    return WeightsError(f"{source} does not match {layout.what} ({'; '.join(parts)}); {hint}")
+    guessed = _guess_kind(shapes, npz)
+    return WeightsError(f"{source} does not match {layout.what} ({'; '.join(parts)}); "
+                        f"{_hint(layout, guessed, shapes)}", kind=layout.kind if path else None, path=path,
+                        found=guessed if guessed != layout.kind else None)
 
 
 def _check_shapes(source: str, layout: _Layout, found: Mapping[tuple[str, str], str],
-                  shapes: Mapping[str, tuple[int, ...]], hwio: bool) -> None:
+                  shapes: Mapping[str, tuple[int, ...]], hwio: bool, path: Path | None = None) -> None:
     """Checks kernel sizes, bias lengths and that each conv reads its predecessor's channels."""
 
     def fail(problem: str) -> None:
-        raise WeightsError(f"{source} does not match {layout.what}: {problem}; {layout.hint}")
+        raise WeightsError(f"{source} does not match {layout.what}: {problem}; {layout.hint}",
+                           kind=layout.kind if path else None, path=path)
 
     prev_name, prev_out = None, layout.in_channels
     for name in layout.index:
@@ -290,20 +287,19 @@ def _finite(source: str, key: str, array: np.ndarray) -> np.ndarray:
 # --- loading --------------------------------------------------------------------------------------
 
 
-def _existing_file(path: str | os.PathLike, flag: str | None) -> Path:
+def _existing_file(path: str | os.PathLike, kind: str | None) -> Path:
     path = Path(path).expanduser()
-    where = f" given to {flag}" if flag else ""
     try:
         mode = path.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise WeightsError(f"weights file not found: {path}; check the path{where}") from None
+        raise WeightsError(f"weights file not found: {path}; check the path", kind=kind, path=path) from None
     except OSError as err:
-        raise WeightsError(f"cannot read {path}{where}: {err.strerror or err}") from None
+        raise WeightsError(f"cannot read {path}: {err.strerror or err}", kind=kind, path=path) from None
     if stat.S_ISDIR(mode):
-        raise WeightsError(f"{path}{where} is a directory; expected a .pth or .npz weights file")
+        raise WeightsError(f"{path} is a directory; expected a .pth or .npz weights file", kind=kind, path=path)
     if not stat.S_ISREG(mode):
-        raise WeightsError(f"{path}{where} is not a regular file (a FIFO, device or socket); "
-                           "expected a .pth or .npz weights file")
+        raise WeightsError(f"{path} is not a regular file (a FIFO, device or socket); "
+                           "expected a .pth or .npz weights file", kind=kind, path=path)
     return path
 
 
@@ -321,8 +317,8 @@ def _load_pth(path: Path, layout: _Layout) -> Params:
         shapes = ckpt.shapes()
         found, missing, unexpected = _match_torch(layout, shapes)
         if missing or unexpected:
-            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=False)
-        _check_shapes(str(path), layout, found, shapes, hwio=False)
+            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=False, path=path)
+        _check_shapes(str(path), layout, found, shapes, hwio=False, path=path)
         _check_dtypes(str(path), found, {k: ckpt.dtype(k) for k in found.values()})
         params: Params = {}
         for name in layout.index:
@@ -483,12 +479,13 @@ def _load_npz(path: Path, layout: _Layout) -> Params:
         shapes = {k: headers[k][0] if k in headers else None for k in names}
         if tag is not None and tag != layout.kind:
             what = _LAYOUTS[tag].what if tag in _LAYOUTS else repr(tag)
-            raise WeightsError(f"{path} holds {what} weights, not {layout.what}; "
-                               f"{_hint(layout, tag if tag in _LAYOUTS else None, shapes)}")
+            known = tag if tag in _LAYOUTS else None
+            raise WeightsError(f"{path} holds {what} weights, not {layout.what}; {_hint(layout, known, shapes)}",
+                               kind=layout.kind, path=path, found=known)
         found, missing, unexpected = _match_flat(layout, shapes)
         if missing or unexpected:
-            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=True)
-        _check_shapes(str(path), layout, found, shapes, hwio=True)
+            raise _key_error(str(path), layout, missing, unexpected, shapes, npz=True, path=path)
+        _check_shapes(str(path), layout, found, shapes, hwio=True, path=path)
         _check_dtypes(str(path), found, {k: headers[k][1] for k in found.values()})
         params: Params = {}
         for name in layout.index:
@@ -499,25 +496,25 @@ def _load_npz(path: Path, layout: _Layout) -> Params:
     return params
 
 
-def load(path: str | os.PathLike, kind: str, *, flag: str | None = None) -> Params:
+def load(path: str | os.PathLike, kind: str) -> Params:
     """Loads weights of network ``kind`` from a ``.pth`` (PyTorch) or ``.npz`` (this project) file.
 
     Args:
       path: the weights file; the format is chosen by extension (``.npz`` or anything else).
       kind: one of :data:`KINDS`.
-      flag: the command-line flag that gave ``path`` (``--weights``), named in error messages.
 
     Returns:
       ``{name: {"kernel": HWIO float32, "bias": (O,) float32}}`` in forward order.
 
     Raises:
       WeightsError: missing file, wrong network (the message lists missing ``-key shape`` and
-        unexpected ``+key shape`` entries), inconsistent shapes, or a corrupt file.
+        unexpected ``+key shape`` entries), inconsistent shapes, or a corrupt file; its ``kind`` and
+        ``path`` say which load failed, ``found`` the network the file holds when recognised.
       UnsafePickleError: the ``.pth`` pickle references anything but tensor rebuilding.
       ConfigError: ``kind`` is not one of :data:`KINDS`.
     """
-    layout = _LAYOUTS[check_choice("weights kind", kind, KINDS, "--kind")]
-    path = _existing_file(path, flag)
+    layout = _LAYOUTS[check_choice("weights kind", kind, KINDS)]
+    path = _existing_file(path, kind)
     if path.suffix.lower() == ".npz":
         return _load_npz(path, layout)
     return _load_pth(path, layout)
@@ -540,7 +537,7 @@ def load_adain_vgg(path: str | os.PathLike) -> Params:
 
 
 def load_adain_decoder(path: str | os.PathLike) -> Params:
-    """Loads AdaIN's ``decoder.pth`` as :data:`ADAIN_DECODER_LAYERS` params, or an npz.
+    """Loads AdaIN's ``decoder.pth`` as :data:`nst_jax.adain.DECODER_LAYERS` params, or an npz.
 
     See :func:`load` for the return value and errors.
     """
@@ -581,16 +578,6 @@ def _write_npz(f: BinaryIO, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, array, allow_pickle=False)
 
 
-def _create_temp(folder: Path, name: str, suffix: str) -> tuple[int, Path]:
-    """Creates a new hidden file next to ``folder/name``; unlike mkstemp (0600) it gets the umask's mode."""
-    while True:
-        tmp = folder / f".{name}.{secrets.token_hex(6)}{suffix}"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-
-
 def _check_target(path: Path) -> None:
     if path.is_dir():
         raise OutputPathError(f"{path} is a directory; give a file name ending in .npz")
@@ -599,15 +586,6 @@ def _check_target(path: Path) -> None:
     if not path.parent.is_dir():
         raise OutputPathError(f"cannot write {path}: {path.parent} is a file, not a folder; choose "
                               "another output path")
-
-
-def _temp_in(path: Path) -> tuple[int, Path]:
-    try:
-        return _create_temp(path.parent, path.name, ".tmp")
-    except OSError as err:
-        raise OutputPathError(
-            f"cannot write in {path.parent}: {err.strerror or err}; choose a writable folder"
-        ) from None
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -624,28 +602,13 @@ def check_writable(path: str | os.PathLike) -> Path:
     """
     path = Path(path).expanduser()
     _check_target(path)
-    fd, tmp = _temp_in(path)
-    os.close(fd)
-    tmp.unlink(missing_ok=True)
-    return path
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Writes via a temp file in the same folder and os.replace, so readers never see a partial file."""
-    _check_target(path)
-    fd, tmp = _temp_in(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.probe_write(path)
     except OSError as err:
         raise OutputPathError(
-            f"cannot write {path}: {err.strerror or err}; check free space and permissions"
+            f"cannot write in {path.parent}: {err.strerror or err}; choose a writable folder"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    return path
 
 
 def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, *,
@@ -675,19 +638,21 @@ def save_params(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.P
                 )
             flat[f"{layer}/{leaf}"] = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
     if kind is not None:
-        layout = _LAYOUTS[check_choice("weights kind", kind, KINDS, "--kind")]
+        layout = _LAYOUTS[check_choice("weights kind", kind, KINDS)]
         shapes = {k: v.shape for k, v in flat.items()}
         found, missing, unexpected = _match_flat(layout, shapes)
         if missing or unexpected:
             raise _key_error("params to save", layout, missing, unexpected, shapes, npz=True)
         _check_shapes("params to save", layout, found, shapes, hwio=True)
         flat[_KIND_KEY] = np.array(kind)
-    _atomic_write(path, lambda f: _write_npz(f, flat))
+    _check_target(path)
+    with files.atomic_write(path) as f:
+        _write_npz(f, flat)
     return path
 
 
 def save_adain_decoder(params: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike) -> Path:
-    """Saves AdaIN decoder params (names :data:`ADAIN_DECODER_LAYERS`) as an npz; see :func:`save_params`."""
+    """Saves AdaIN decoder params (names :data:`nst_jax.adain.DECODER_LAYERS`) as an npz; see :func:`save_params`."""
     return save_params(params, path, kind="adain_decoder")
 
 
@@ -707,7 +672,6 @@ class WeightsSpec:
     url: str
     filename: str
     kind: str
-    flag: str
     sha256_prefix: str | None = None
     sha256: str | None = None
 
@@ -715,16 +679,16 @@ class WeightsSpec:
 WEIGHTS: dict[str, WeightsSpec] = {
     "vgg19": WeightsSpec(
         url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-        filename="vgg19-dcbb9e9d.pth", kind="vgg19", flag="--weights", sha256_prefix="dcbb9e9d",
+        filename="vgg19-dcbb9e9d.pth", kind="vgg19", sha256_prefix="dcbb9e9d",
     ),
     "adain_vgg": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/vgg_normalised.pth",
-        filename="adain_vgg_normalised.pth", kind="adain_vgg", flag="--vgg",
+        filename="adain_vgg_normalised.pth", kind="adain_vgg",
         sha256="804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a",
     ),
     "adain_decoder": WeightsSpec(
         url="https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0/decoder.pth",
-        filename="adain_decoder.pth", kind="adain_decoder", flag="--decoder",
+        filename="adain_decoder.pth", kind="adain_decoder",
         sha256="379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472",
     ),
 }
@@ -774,8 +738,8 @@ def _recorded_hash(dest: Path) -> str | None:
 def _download_error(spec: WeightsSpec, reason: str) -> DownloadError:
     return DownloadError(
         f"could not download {spec.kind} weights from {spec.url} ({reason}) and there is no cached copy "
-        f"at {converted_path(spec)}; download the file elsewhere and pass {spec.flag} PATH "
-        f"(or convert it with scripts/port_weights.py --kind {spec.kind})"
+        f"at {converted_path(spec)}; download the file elsewhere (or convert it with "
+        f"scripts/port_weights.py --kind {spec.kind}) and pass the file's path", kind=spec.kind
     )
 
 
@@ -830,9 +794,9 @@ def _file_sha256(path: Path) -> str:
 def _cache_folder(spec: WeightsSpec) -> Path:
     """:func:`cache_dir`, created if missing; a path that exists as a non-folder is refused."""
     folder = cache_dir()
-    fix = f"set NST_JAX_CACHE to a writable folder or pass {spec.flag} PATH"
+    fix = "set NST_JAX_CACHE to a writable folder or pass the file's path"
     if folder.exists() and not folder.is_dir():
-        raise DownloadError(f"the weights cache {folder} is a file, not a folder; {fix}")
+        raise DownloadError(f"the weights cache {folder} is a file, not a folder; {fix}", kind=spec.kind)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -857,7 +821,7 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
       The path of the cached file.
 
     Raises:
-      DownloadError: the download failed (the message names the URL, the cache path and the flag).
+      DownloadError: the download failed (the message names the URL and the cache path).
       ChecksumError: the digest does not match; the download was discarded.
     """
     spec = _spec(name)
@@ -871,29 +835,32 @@ def fetch(name: str | WeightsSpec, *, progress: Progress | None = None,
         if expected is None or _file_sha256(dest).startswith(expected.lower()):
             return dest
     try:
-        fd, tmp = _create_temp(folder, spec.filename, ".part")
+        files.probe_write(dest)
     except OSError as err:
         raise DownloadError(
             f"cannot write in the weights cache {folder} ({err.strerror or err}); set NST_JAX_CACHE to a "
-            f"writable folder or pass {spec.flag} PATH"
+            "writable folder or pass the file's path", kind=spec.kind
         ) from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _stream(spec, out, progress, opener)
+    # The file appears under its name only once complete and verified (a mismatch raises inside).
+    with files.atomic_write(dest) as out:
+        digest = _stream(spec, out, progress, opener)
         if expected is not None and not digest.startswith(expected.lower()):
             n = min(len(expected), 16)
             raise ChecksumError(
                 f"checksum mismatch for {spec.filename} from {spec.url}: expected sha256 "
                 f"{expected[:n]}..., got {digest[:n]}...; the download was "
-                f"discarded and any cached copy kept; retry, or download it by hand and pass {spec.flag} PATH"
-            )
-        os.replace(tmp, dest)
-        if expected is None:
-            # Trust on first use: no published digest, so later downloads must match this one.
-            _record_path(dest).write_text(f"{digest}  {dest.name}\n", encoding="ascii")
-    finally:
-        tmp.unlink(missing_ok=True)
+                f"discarded and any cached copy kept; retry, or download it by hand and pass the file's path",
+                kind=spec.kind)
+    if expected is None:
+        # Trust on first use: no published digest, so later downloads must match this one.
+        files.atomic_write_text(_record_path(dest), f"{digest}  {dest.name}\n")
     return dest
+
+
+def _cached_file_error(err: WeightsError, cached: Path) -> WeightsError:
+    # The library chose this file, so ``path`` stays None: the caller did not pass it.
+    return WeightsError(f"{err}; delete the cached file {cached} to download it again, or pass the file's path",
+                        kind=err.kind, found=err.found)
 
 
 def resolve_weights(name: str | WeightsSpec, path: str | os.PathLike | None = None, *,
@@ -906,7 +873,7 @@ def resolve_weights(name: str | WeightsSpec, path: str | os.PathLike | None = No
 
     Args:
       name: a key of :data:`WEIGHTS` (``"vgg19"``, ``"adain_vgg"``, ``"adain_decoder"``) or a spec.
-      path: a ``.pth`` or ``.npz`` file given by the user (``--weights``, ``--vgg``, ``--decoder``).
+      path: a ``.pth`` or ``.npz`` file given by the user; the network is never needed then.
       progress: download progress callback, see :func:`fetch`.
       opener: URL opener, see :func:`fetch`.
 
@@ -916,18 +883,18 @@ def resolve_weights(name: str | WeightsSpec, path: str | os.PathLike | None = No
     """
     spec = _spec(name)
     if path is not None:
-        return load(path, spec.kind, flag=spec.flag)
+        return load(path, spec.kind)
     npz = converted_path(spec)
     if npz.is_file():
         try:
-            return load(npz, spec.kind, flag=spec.flag)
+            return load(npz, spec.kind)
         except WeightsError as err:
-            raise WeightsError(f"{err}; delete the cached file {npz} to download it again") from None
+            raise _cached_file_error(err, npz) from None
     pth = fetch(spec, progress=progress, opener=opener)
     try:
-        params = load(pth, spec.kind, flag=spec.flag)
+        params = load(pth, spec.kind)
     except WeightsError as err:
-        raise WeightsError(f"{err}; delete the cached file {pth} to download it again") from None
+        raise _cached_file_error(err, pth) from None
     save_params(params, npz, kind=spec.kind)
     pth.unlink()
     return params

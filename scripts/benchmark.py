@@ -51,6 +51,10 @@ from pathlib import Path
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
+
+from nst_jax import files  # noqa: E402 (imports no JAX: the parent process stays light)
 RESULT_PREFIX = "BENCH-RESULT "
 GATYS_OPTIMIZERS = ("lbfgs", "optax-lbfgs", "adam")
 LBFGS_OPTIMIZERS = ("lbfgs", "optax-lbfgs")
@@ -1010,9 +1014,7 @@ def run_benchmark(args, machine: dict, log) -> dict:
         apply_targets(full["gatys"], args.target_loss)
         full["goals"] = check_goals(full)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{args.out}.tmp")
-        tmp.write_text(json.dumps(full, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+        files.atomic_write_text(args.out, json.dumps(full, indent=1) + "\n")
         return full
 
     def job(**kw):
@@ -1160,9 +1162,7 @@ def run_gpu_suite(args, machine: dict, log) -> dict:
     def save():
         result["wall_s"] = time.perf_counter() - t_start
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{args.out}.tmp")
-        tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, args.out)
+        files.atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
 
     def job(box, **kw):
         left = p["budget_s"] - (time.perf_counter() - t_start)

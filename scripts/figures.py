@@ -11,11 +11,12 @@
 Usage::
 
     python scripts/figures.py --weights vgg19.pth --size 256 --iterations 300 --output-dir figures
+
+The optimizer and layer defaults are those of ``nst-gatys`` (:class:`nst_jax.gatys.GatysConfig`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -30,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from nst_jax import cli, color, gatys, plot, vgg, weights  # noqa: E402
 from nst_jax import image as imageio  # noqa: E402
-from nst_jax.errors import NSTError, check_choice  # noqa: E402
+from nst_jax.errors import check_choice  # noqa: E402
 
 FIGURES: tuple[str, ...] = ("color", "optimizers", "layers", "curves")
 _LABEL_HEIGHT = 22
@@ -45,23 +46,29 @@ def _font(size: int):
 
 
 def grid(images: list[np.ndarray], labels: list[str], title: str = "") -> Image.Image:
-    """One row of ``(H, W, 3)`` [0, 1] images (heights may differ) with a label above each."""
+    """One row of ``(H, W, 3)`` [0, 1] images (heights may differ) with a label above each.
+
+    Each column is as wide as its image or its label, whichever is wider, so no label is cut off.
+    """
     height = max(im.shape[0] for im in images)
     tiles = [Image.fromarray(np.round(np.clip(im, 0, 1) * 255).astype(np.uint8)) for im in images]
     tiles = [t if t.height == height else t.resize((round(t.width * height / t.height), height),
                                                    Image.Resampling.BICUBIC) for t in tiles]
+    font = _font(14)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    columns = [max(t.width, int(np.ceil(measure.textlength(label, font=font))) + 2)
+               for t, label in zip(tiles, labels)]
     top = _LABEL_HEIGHT * (2 if title else 1)
-    width = sum(t.width for t in tiles) + _GAP * (len(tiles) + 1)
+    width = max(sum(columns) + _GAP * (len(tiles) + 1), int(np.ceil(measure.textlength(title, font=font))) + 2 * _GAP)
     canvas = Image.new("RGB", (width, height + top + _GAP), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    font = _font(14)
     if title:
         draw.text((width / 2, 4), title, fill=(30, 30, 30), font=font, anchor="mt")
     x = _GAP
-    for tile, label in zip(tiles, labels):
-        draw.text((x + tile.width / 2, top - 4), label, fill=(30, 30, 30), font=font, anchor="mb")
-        canvas.paste(tile, (x, top))
-        x += tile.width + _GAP
+    for tile, label, column in zip(tiles, labels, columns):
+        draw.text((x + column / 2, top - 4), label, fill=(30, 30, 30), font=font, anchor="mb")
+        canvas.paste(tile, (x + (column - tile.width) // 2, top))
+        x += column + _GAP
     return canvas
 
 
@@ -70,99 +77,102 @@ def _save(path: Path, picture: Image.Image) -> Path:
     return path
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(prog="python scripts/figures.py", description=__doc__.split("\n\n")[0],
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", help="VGG-19 weights (default: download once and cache)")
-    p.add_argument("--content", help="content image (default: built-in photo)")
-    p.add_argument("--style", help="style image (default: built-in painting)")
-    p.add_argument("--size", type=cli.positive(int, "--size"), default=256, help="image height in pixels")
-    p.add_argument("--iterations", type=cli.positive(int, "--iterations"), default=300,
-                   help="iterations of every run")
-    p.add_argument("--optimizer", choices=gatys.OPTIMIZERS, default="lbfgs",
-                   help="optimizer of the colour and style-layer figures")
-    p.add_argument("--content-layers", type=cli.comma_list(str, "--content-layers"),
-                   default=gatys.DEFAULT_CONTENT_LAYERS, help="content layers of every run")
-    p.add_argument("--style-layers", type=cli.comma_list(str, "--style-layers"),
-                   default=gatys.DEFAULT_STYLE_LAYERS,
-                   help="style layers of every run; the style-layer figure uses the first 1, 2, ... of them")
-    p.add_argument("--adam-learning-rates", type=cli.comma_list(float, "--adam-learning-rates"),
-                   default=(0.005, 0.02, 0.1), help="Adam step sizes compared with L-BFGS")
-    p.add_argument("--figures", type=cli.comma_list(str, "--figures"), default=FIGURES,
-                   help=f"which figures to draw, from {','.join(FIGURES)}")
-    p.add_argument("--output-dir", default="figures", help="where the PNG files go")
-    return p
+@dataclasses.dataclass(frozen=True)
+class FigureOptions:
+    """The script's own flags; the optimizer and layers come from GatysConfig."""
+
+    weights: str | None = cli.option(None, "VGG-19 weights", metavar="PATH", default_help="download once and cache")
+    content: str | None = cli.option(None, "content image", metavar="PATH", default_help="the built-in photo")
+    style: str | None = cli.option(None, "style image", metavar="PATH", default_help="the built-in painting")
+    size: int = cli.option(256, "image HEIGHT in pixels", min=">0")
+    iterations: int = cli.option(300, "iterations of every run", min=">0")
+    adam_learning_rates: tuple[float, ...] = cli.option((0.005, 0.02, 0.1), "Adam step sizes compared with L-BFGS",
+                                                        min=">0")
+    figures: tuple[str, ...] = cli.option(FIGURES, "which figures to draw", choices=FIGURES)
+    output_dir: str = cli.option("figures", "where the PNG files go", metavar="PATH")
 
 
-def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        for name in args.figures:
-            check_choice("figure", name, FIGURES, "--figures")
-        content = imageio.resize(imageio.load_image(args.content or imageio.default_content_path(),
-                                                    what="content image"), height=args.size)
-        style = imageio.resize(imageio.load_image(args.style or imageio.default_style_path(),
-                                                  what="style image"), height=args.size)
-        base = gatys.GatysConfig(iterations=args.iterations, optimizer=args.optimizer,
-                                 content_layers=args.content_layers, style_layers=args.style_layers)
-        min_side = vgg.min_image_size(base.layers)
-        deepest = max(base.layers, key=vgg.LAYERS.index)
-        imageio.check_min_size(content, min_side, "content image", layer=deepest)
-        imageio.check_min_size(style, min_side, "style image", layer=deepest)
-        params = weights.resolve_weights("vgg19", args.weights)
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
+_FROM_CONFIG = ("optimizer", "content_layers", "style_layers")
 
-        def stylize(config: gatys.GatysConfig) -> gatys.RunResult:
-            t0 = time.perf_counter()
-            result = gatys.run(params, content[None], style[None], config, chunk=min(args.iterations, 50))
-            print(f"  {config.optimizer} color={config.color} layers={len(config.style_layers)} "
-                  f"lr={config.lr:g}: loss {result.terms['total']:.4g} in {time.perf_counter() - t0:.1f} s",
-                  file=sys.stderr)
-            return result
 
-        written = []
-        if "color" in args.figures:
-            print("colour controls", file=sys.stderr)
-            images, labels = [content, style], ["content", "style"]
-            for mode in color.COLOR_MODES:
-                images.append(stylize(dataclasses.replace(base, color=mode)).image)
-                labels.append(mode)
-            written.append(_save(out / "color_controls.png", grid(images, labels, "colour control")))
+def build_parser() -> cli.ArgumentParser:
+    """The figures parser: :class:`FigureOptions` plus the optimizer and layers of GatysConfig."""
+    skip = [f.name for f in dataclasses.fields(gatys.GatysConfig) if f.name not in _FROM_CONFIG]
+    return cli.build_parser("figures.py", __doc__.split("\n\n")[0],
+                            [(FigureOptions, ()), (gatys.GatysConfig, skip)])
 
-        curves = {}
-        if "optimizers" in args.figures or "curves" in args.figures:
-            print("optimizers", file=sys.stderr)
-            runs = [("L-BFGS", dataclasses.replace(base, optimizer="lbfgs", learning_rate=None))]
-            runs += [(f"Adam {lr:g}", dataclasses.replace(base, optimizer="adam", learning_rate=lr))
-                     for lr in args.adam_learning_rates]
-            images, labels = [], []
-            for label, config in runs:
-                result = stylize(config)
-                images.append(result.image)
-                labels.append(label)
-                curves[label] = (list(range(len(result.losses))), result.losses)
-            if "optimizers" in args.figures:
-                written.append(_save(out / "optimizers.png", grid(
-                    images, labels, f"optimizers, {args.iterations} iterations each")))
-        if "curves" in args.figures:
-            picture = plot.line_plot(curves, title="total loss", x_label="iteration", y_label="loss", log_y=True)
-            written.append(_save(out / "loss_curves.png", picture))
 
-        if "layers" in args.figures:
-            print("style layers", file=sys.stderr)
-            images, labels = [], []
-            layers = base.style_layers
-            for k in range(1, len(layers) + 1):
-                images.append(stylize(dataclasses.replace(base, style_layers=layers[:k])).image)
-                labels.append(layers[0] if k == 1 else f"{layers[0]}..{layers[k - 1]}")
-            written.append(_save(out / "style_layers.png", grid(images, labels, "style layers")))
-    except NSTError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
+def _main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in args.figures:
+        check_choice("figure", name, FIGURES, "--figures")
+    content = imageio.resize(imageio.load_image(args.content or imageio.default_content_path(),
+                                                what="content image"), height=args.size)
+    style = imageio.resize(imageio.load_image(args.style or imageio.default_style_path(),
+                                              what="style image"), height=args.size)
+    base = gatys.GatysConfig(iterations=args.iterations, optimizer=args.optimizer,
+                             content_layers=args.content_layers, style_layers=args.style_layers)
+    min_side = vgg.min_image_size(base.layers)
+    deepest = max(base.layers, key=vgg.LAYERS.index)
+    imageio.check_min_size(content, min_side, "content image", layer=deepest)
+    imageio.check_min_size(style, min_side, "style image", layer=deepest)
+    params = weights.resolve_weights("vgg19", args.weights)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def stylize(config: gatys.GatysConfig) -> gatys.RunResult:
+        t0 = time.perf_counter()
+        result = gatys.run(params, content[None], style[None], config, chunk=min(args.iterations, 50))
+        print(f"  {config.optimizer} color={config.color} layers={len(config.style_layers)} "
+              f"lr={config.lr:g}: loss {result.terms['total']:.4g} in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+        return result
+
+    written = []
+    if "color" in args.figures:
+        print("colour controls", file=sys.stderr)
+        images, labels = [content, style], ["content", "style"]
+        for mode in color.COLOR_MODES:
+            images.append(stylize(dataclasses.replace(base, color=mode)).image)
+            labels.append(mode)
+        written.append(_save(out / "color_controls.png", grid(images, labels, "colour control")))
+
+    curves = {}
+    if "optimizers" in args.figures or "curves" in args.figures:
+        print("optimizers", file=sys.stderr)
+        lbfgs = base.optimizer if base.optimizer != "adam" else gatys.GatysConfig().optimizer
+        runs = [("L-BFGS", dataclasses.replace(base, optimizer=lbfgs, learning_rate=None))]
+        runs += [(f"Adam {lr:g}", dataclasses.replace(base, optimizer="adam", learning_rate=lr))
+                 for lr in args.adam_learning_rates]
+        images, labels = [], []
+        for label, config in runs:
+            result = stylize(config)
+            images.append(result.image)
+            labels.append(label)
+            curves[label] = (list(range(len(result.losses))), result.losses)
+        if "optimizers" in args.figures:
+            written.append(_save(out / "optimizers.png", grid(
+                images, labels, f"optimizers, {args.iterations} iterations each")))
+    if "curves" in args.figures:
+        picture = plot.line_plot(curves, title="total loss", x_label="iteration", y_label="loss", log_y=True)
+        written.append(_save(out / "loss_curves.png", picture))
+
+    if "layers" in args.figures:
+        print("style layers", file=sys.stderr)
+        images, labels = [], []
+        layers = base.style_layers
+        for k in range(1, len(layers) + 1):
+            images.append(stylize(dataclasses.replace(base, style_layers=layers[:k])).image)
+            labels.append(layers[0] if k == 1 else f"{layers[0]}..{layers[k - 1]}")
+        written.append(_save(out / "style_layers.png", grid(images, labels, "style layers")))
     for path in written:
         print(path)
     return 0
+
+
+def main(argv=None) -> int:
+    """Runs the script; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
+    return cli.run_main(_main, argv, weights_message=cli.weights_flags({"vgg19": "--weights"}))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _torch_nets import adain_decoder, vgg_normalised
+
 # Channels of VGG blocks 1..5 in the narrow encoder (VGG-19: 64, 128, 256, 512, 512).
 ENC_WIDTHS = (4, 6, 8, 16, 16)
 # Decoder widths mirror the encoder: relu4_1 channels, then blocks 3, 2, 1.
@@ -35,41 +37,6 @@ CONTENT_HW = (35, 29)  # odd sizes exercise ceil-mode pooling (35->18->9->5, 29-
 STYLE_HWS = ((27, 33), (31, 25))  # two styles of different sizes
 EPS = 1e-5
 OUT_STD = 0.25
-
-
-def vgg_normalised(w=ENC_WIDTHS) -> nn.Sequential:
-    """The 53-module ``vgg_normalised`` Sequential of pytorch-AdaIN with narrow widths."""
-    def conv(cin, cout):
-        return [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3)), nn.ReLU()]
-
-    def pool():
-        return [nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)]
-
-    layers = [nn.Conv2d(3, 3, (1, 1))]
-    layers += conv(3, w[0]) + conv(w[0], w[0]) + pool()
-    layers += conv(w[0], w[1]) + conv(w[1], w[1]) + pool()
-    layers += conv(w[1], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + pool()
-    layers += conv(w[2], w[3]) + conv(w[3], w[3]) + conv(w[3], w[3]) + conv(w[3], w[3]) + pool()
-    layers += conv(w[3], w[4]) + conv(w[4], w[4]) + conv(w[4], w[4]) + conv(w[4], w[4])
-    net = nn.Sequential(*layers)
-    assert len(net) == 53
-    return net
-
-
-def decoder(w=DEC_WIDTHS) -> nn.Sequential:
-    """The 29-module decoder Sequential of pytorch-AdaIN with narrow widths."""
-    def conv(cin, cout, relu=True):
-        layers = [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3))]
-        return layers + [nn.ReLU()] if relu else layers
-
-    up = [nn.Upsample(scale_factor=2, mode="nearest")]
-    layers = conv(w[0], w[1]) + up
-    layers += conv(w[1], w[1]) + conv(w[1], w[1]) + conv(w[1], w[1]) + conv(w[1], w[2]) + up
-    layers += conv(w[2], w[2]) + conv(w[2], w[3]) + up
-    layers += conv(w[3], w[3]) + conv(w[3], 3, relu=False)
-    net = nn.Sequential(*layers)
-    assert len(net) == 29
-    return net
 
 
 # Sequential index of the ReLU ending each named encoder layer (pytorch-AdaIN net.py slices).
@@ -125,8 +92,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(0)
-    vgg = vgg_normalised().eval()
-    dec = decoder().eval()
+    vgg = vgg_normalised(ENC_WIDTHS).eval()
+    dec = adain_decoder(DEC_WIDTHS).eval()
     with torch.no_grad():
         for m in list(vgg) + list(dec):
             if isinstance(m, nn.Conv2d):

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from _torch_nets import vgg19_features
+
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "gatys"
 # torchvision's VGG-19 configuration "E", with narrow widths so the files stay small.
 WIDTHS = {1: 4, 2: 8, 3: 8, 4: 16, 5: 16}
-BLOCKS = (2, 2, 4, 4, 4)
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 CONTENT_LAYER = "relu4_2"
@@ -28,15 +29,7 @@ ALPHA, BETA = 1e-2, 1.0
 
 def narrow_vgg19(pooling: str = "max") -> tuple[nn.Sequential, list[str]]:
     """torchvision ``vgg19().features`` with narrow widths; returns the modules and layer names."""
-    layers, names, cin = [], [], 3
-    for b, n in enumerate(BLOCKS, start=1):
-        for i in range(1, n + 1):
-            layers += [nn.Conv2d(cin, WIDTHS[b], 3, padding=1), nn.ReLU(inplace=False)]
-            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
-            cin = WIDTHS[b]
-        layers.append(nn.MaxPool2d(2, 2) if pooling == "max" else nn.AvgPool2d(2, 2))
-        names.append(f"pool{b}")
-    return nn.Sequential(*layers), names
+    return vgg19_features([WIDTHS[b] for b in range(1, 6)], pooling=pooling, inplace=False)
 
 
 def all_features(features: nn.Sequential, names, image: torch.Tensor) -> dict[str, torch.Tensor]:

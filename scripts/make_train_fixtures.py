@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from _torch_nets import adain_decoder, vgg_normalised
+
 ENC_WIDTHS = (4, 6, 8, 12)  # channels of VGG blocks 1..4 (VGG-19: 64, 128, 256, 512)
 BATCH, SIZE = 2, 32
 EPS = 1e-5
@@ -46,38 +48,6 @@ ENC_INDEX = {"preprocess": 0, "conv1_1": 2, "conv1_2": 5, "conv2_1": 9, "conv2_2
              "conv3_2": 19, "conv3_3": 22, "conv3_4": 25, "conv4_1": 29}
 DEC_INDEX = {"dec4_1": 1, "dec3_4": 5, "dec3_3": 8, "dec3_2": 11, "dec3_1": 14, "dec2_2": 18, "dec2_1": 21,
              "dec1_2": 25, "dec1_1": 28}
-
-
-def vgg_normalised(w=ENC_WIDTHS) -> nn.Sequential:
-    """Modules 0-30 of pytorch-AdaIN's ``vgg`` (up to relu4_1), narrow."""
-    def conv(cin, cout):
-        return [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3)), nn.ReLU()]
-
-    def pool():
-        return [nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)]
-
-    layers = [nn.Conv2d(3, 3, (1, 1))]
-    layers += conv(3, w[0]) + conv(w[0], w[0]) + pool()
-    layers += conv(w[0], w[1]) + conv(w[1], w[1]) + pool()
-    layers += conv(w[1], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + pool()
-    layers += conv(w[2], w[3])
-    net = nn.Sequential(*layers)
-    assert len(net) == 31
-    return net
-
-
-def decoder(w=ENC_WIDTHS) -> nn.Sequential:
-    """pytorch-AdaIN's ``decoder`` Sequential (29 modules), narrow."""
-    def conv(cin, cout, relu=True):
-        return [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3))] + ([nn.ReLU()] if relu else [])
-
-    up = [nn.Upsample(scale_factor=2, mode="nearest")]
-    w1, w2, w3, w4 = w
-    layers = conv(w4, w3) + up + conv(w3, w3) + conv(w3, w3) + conv(w3, w3) + conv(w3, w2) + up
-    layers += conv(w2, w2) + conv(w2, w1) + up + conv(w1, w1) + conv(w1, 3, relu=False)
-    net = nn.Sequential(*layers)
-    assert len(net) == 29
-    return net
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = EPS):
@@ -166,7 +136,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(0)
-    encoder, dec = vgg_normalised(), decoder()
+    # The decoder's widths mirror the encoder's: (relu4_1, block 3, 2, 1 channels).
+    encoder, dec = vgg_normalised(ENC_WIDTHS, through_relu4_1=True), adain_decoder(ENC_WIDTHS[::-1])
     with torch.no_grad():
         for m in encoder.modules():
             if isinstance(m, nn.Conv2d):  # He-normal so activations keep their scale through 10 convs

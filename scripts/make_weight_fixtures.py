@@ -40,25 +40,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from _torch_nets import adain_decoder, vgg19_features, vgg19_layer_names, vgg_normalised
+
 # Channels of VGG blocks 1..5 (VGG-19: 64, 128, 256, 512, 512); all different so that a swapped
 # in/out axis changes a shape.
 VGG_WIDTHS = (4, 6, 8, 10, 12)
-VGG_BLOCKS = (2, 2, 4, 4, 4)
 MARKER = "nst_jax_pwned_marker"
 SEED = 0
 
 
 def vgg19_narrow(w=VGG_WIDTHS) -> nn.Module:
     """torchvision ``VGG`` with config "E": ``features`` (index = vgg.LAYERS position), ``classifier``."""
-    layers: list[nn.Module] = []
-    cin = 3
-    for block, n in enumerate(VGG_BLOCKS):
-        for _ in range(n):
-            layers += [nn.Conv2d(cin, w[block], kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            cin = w[block]
-        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
     model = nn.Module()
-    model.features = nn.Sequential(*layers)
+    model.features, _ = vgg19_features(w, inplace=True)
+    cin = w[-1]
     model.avgpool = nn.AdaptiveAvgPool2d((7, 7))
     model.classifier = nn.Sequential(
         nn.Linear(cin * 7 * 7, 4), nn.ReLU(True), nn.Dropout(),
@@ -71,37 +66,12 @@ def vgg19_narrow(w=VGG_WIDTHS) -> nn.Module:
 
 def adain_vgg_narrow(w=VGG_WIDTHS) -> nn.Sequential:
     """pytorch-AdaIN ``net.py`` ``vgg`` (53 modules) with narrow widths."""
-    def conv(cin, cout):
-        return [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3)), nn.ReLU()]
-
-    def pool():
-        return [nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True)]
-
-    layers = [nn.Conv2d(3, 3, (1, 1))]
-    layers += conv(3, w[0]) + conv(w[0], w[0]) + pool()
-    layers += conv(w[0], w[1]) + conv(w[1], w[1]) + pool()
-    layers += conv(w[1], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + conv(w[2], w[2]) + pool()
-    layers += conv(w[2], w[3]) + conv(w[3], w[3]) + conv(w[3], w[3]) + conv(w[3], w[3]) + pool()
-    layers += conv(w[3], w[4]) + conv(w[4], w[4]) + conv(w[4], w[4]) + conv(w[4], w[4])
-    net = nn.Sequential(*layers)
-    assert len(net) == 53
-    return net
+    return vgg_normalised(w)
 
 
 def adain_decoder_narrow(w=(VGG_WIDTHS[3], VGG_WIDTHS[2], VGG_WIDTHS[1], VGG_WIDTHS[0])) -> nn.Sequential:
     """pytorch-AdaIN ``net.py`` ``decoder`` (29 modules) with narrow widths."""
-    def conv(cin, cout, relu=True):
-        layers = [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(cin, cout, (3, 3))]
-        return layers + ([nn.ReLU()] if relu else [])
-
-    up = [nn.Upsample(scale_factor=2, mode="nearest")]
-    layers = conv(w[0], w[1]) + up
-    layers += conv(w[1], w[1]) + conv(w[1], w[1]) + conv(w[1], w[1]) + conv(w[1], w[2]) + up
-    layers += conv(w[2], w[2]) + conv(w[2], w[3]) + up
-    layers += conv(w[3], w[3]) + conv(w[3], 3, relu=False)
-    net = nn.Sequential(*layers)
-    assert len(net) == 29
-    return net
+    return adain_decoder(w)
 
 
 def conv_names(seq: nn.Sequential, names: list[str], limit: int | None = None) -> dict[str, int]:
@@ -112,7 +82,7 @@ def conv_names(seq: nn.Sequential, names: list[str], limit: int | None = None) -
 
 
 def vgg_conv_names() -> list[str]:
-    return [f"conv{b}_{i}" for b, n in enumerate(VGG_BLOCKS, start=1) for i in range(1, n + 1)]
+    return [n for n in vgg19_layer_names() if n.startswith("conv")]
 
 
 def expected_params(sd: dict, prefix: str, index: dict[str, int]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ without ``--force``; its SHA-256 is printed as a line for ``checkpoints/SHA256SU
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing the pack
     sys.path.insert(0, str(ROOT))
 
 from nst_jax import cli, weights  # noqa: E402
-from nst_jax.errors import ChecksumError, OutputPathError  # noqa: E402
+from nst_jax.errors import ChecksumError, OutputPathError, WeightsError  # noqa: E402
 
 
 def sha256_of(path: Path) -> str:
@@ -35,18 +36,22 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclasses.dataclass(frozen=True)
+class PortOptions:
+    """The script's flags."""
+
+    source: str = cli.option(None, "checkpoint written by torch.save", positional=True, metavar="SRC.pth")
+    kind: str = cli.option(None, "network in the file: torchvision VGG-19, AdaIN vgg_normalised, AdaIN decoder",
+                           choices=weights.KINDS, required=True)
+    output: str | None = cli.option(None, "destination .npz", short="-o", metavar="PATH",
+                                    default_help="checkpoints/<source name>.npz")
+    force: bool = cli.option(False, "overwrite an existing output file")
+
+
 def build_parser() -> cli.ArgumentParser:
-    """The command line; usage errors are one ``error: ...`` line with exit status 2."""
-    parser = cli.ArgumentParser(
-        prog="port_weights.py", description="Convert a PyTorch .pth checkpoint to nst_jax .npz params."
-    )
-    parser.add_argument("source", type=Path, metavar="SRC.pth", help="checkpoint written by torch.save")
-    parser.add_argument("--kind", required=True, choices=weights.KINDS,
-                        help="network in the file: torchvision VGG-19, AdaIN vgg_normalised, AdaIN decoder")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="destination .npz (default: checkpoints/<source name>.npz)")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
-    return parser
+    """The command line, from the one generator; usage errors are one ``error: ...`` line with exit status 2."""
+    return cli.build_parser("port_weights.py", "Convert a PyTorch .pth checkpoint to nst_jax .npz params.",
+                            [(PortOptions, ())])
 
 
 def port(source: Path, kind: str, output: Path, force: bool) -> str:
@@ -83,9 +88,10 @@ def port(source: Path, kind: str, output: Path, force: bool) -> str:
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    output = args.output or ROOT / "checkpoints" / f"{args.source.stem}.npz"
-    digest = port(args.source, args.kind, output, args.force)
+    options = cli.from_args(PortOptions, build_parser().parse_args(argv))
+    source = Path(options.source)
+    output = Path(options.output) if options.output else ROOT / "checkpoints" / f"{source.stem}.npz"
+    digest = port(source, options.kind, output, options.force)
     size_mb = output.stat().st_size / 1e6
     print(f"wrote {output} ({size_mb:.1f} MB)")
     print("line for checkpoints/SHA256SUMS:")
@@ -93,9 +99,16 @@ def _run(argv: list[str] | None) -> int:
     return 0
 
 
+def _weights_message(err: WeightsError) -> str:
+    """Here the fix for a file of another network is ``--kind``, not another command's flag."""
+    if err.found is not None and err.found != err.kind:
+        return f"{err}; pass --kind {err.found}"
+    return str(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for any user error, with a one-line message)."""
-    return cli.run_main(_run, argv)
+    return cli.run_main(_run, argv, weights_message=_weights_message)
 
 
 if __name__ == "__main__":

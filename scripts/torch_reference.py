@@ -27,6 +27,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from _torch_nets import (
+    ADAIN_RELU4_1_MODULES,
+    adain_decoder as adain_decoder_net,
+    load_convs,
+    out_channels,
+    vgg19_features,
+    vgg19_layer_names,
+    vgg_normalised,
+    vgg_normalised_names,
+)
+
 # The GPU when there is one (the GPU benchmark suite compares on the same card), else the CPU.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -36,34 +47,9 @@ def sync() -> None:
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
 
-BLOCKS = (2, 2, 4, 4, 4)  # convs per block of VGG-19 (configuration E)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# pytorch-AdaIN net.py decoder: nearest x2 up-sampling after the 1st, 5th and 7th conv.
-DECODER_UPSAMPLE_AFTER = (0, 4, 6)
-DECODER_CONVS = 9
 TORCH_OPTIMIZERS: tuple[str, ...] = ("lbfgs", "lbfgs-strong-wolfe", "adam")
-
-
-def vgg_layer_names() -> list[str]:
-    """Layer names in torchvision ``vgg19().features`` index order (conv1_1, relu1_1, ..., pool5)."""
-    names = []
-    for b, n in enumerate(BLOCKS, start=1):
-        for i in range(1, n + 1):
-            names += [f"conv{b}_{i}", f"relu{b}_{i}"]
-        names.append(f"pool{b}")
-    return names
-
-
-def _conv(p: Mapping[str, np.ndarray], padding: int) -> nn.Conv2d:
-    kernel = np.asarray(p["kernel"], np.float32)  # HWIO
-    kh, kw, cin, cout = kernel.shape
-    conv = nn.Conv2d(cin, cout, (kh, kw), padding=padding)
-    with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
-        conv.bias.copy_(torch.from_numpy(np.asarray(p["bias"], np.float32)))
-    conv.requires_grad_(False)
-    return conv
 
 
 def nchw(image: np.ndarray) -> torch.Tensor:
@@ -93,19 +79,13 @@ class GatysTorch:
                  style: np.ndarray, content_layers: Sequence[str], style_layers: Sequence[str],
                  content_weight: float = 1e-2, style_weight: float = 1.0,
                  style_layer_weights: Sequence[float] | None = None):
-        names = vgg_layer_names()
+        names = vgg19_layer_names()
         wanted = set(content_layers) | set(style_layers)
-        last = max(names.index(n) for n in wanted)
-        modules = []
-        for name in names[: last + 1]:
-            if name.startswith("conv"):
-                modules.append(_conv(params[name], padding=1))
-            elif name.startswith("relu"):
-                modules.append(nn.ReLU(inplace=False))  # outputs are kept for the losses
-            else:
-                modules.append(nn.MaxPool2d(2, 2))
-        self.net = nn.Sequential(*modules).eval().to(DEVICE)
-        self.names = names[: last + 1]
+        last = names[max(names.index(n) for n in wanted)]
+        widths = [out_channels(params, f"conv{b}_1") if f"conv{b}_1" in params else 1 for b in range(1, 6)]
+        # inplace=False: the outputs are kept for the losses.
+        net, self.names = vgg19_features(widths, pooling="max", inplace=False, last=last)
+        self.net = load_convs(net, [n for n in self.names if n.startswith("conv")], params).eval().to(DEVICE)
         self.content_layers = tuple(content_layers)
         self.style_layers = tuple(style_layers)
         self.alpha, self.beta = float(content_weight), float(style_weight)
@@ -208,33 +188,20 @@ class GatysTorchRun:
 
 def adain_encoder(params: Mapping[str, Mapping[str, np.ndarray]]) -> tuple[nn.Sequential, list[str]]:
     """pytorch-AdaIN's ``vgg_normalised`` up to relu4_1; returns modules and the name of each output."""
-    modules: list[nn.Module] = [_conv(params["preprocess"], padding=0)]
-    names = ["preprocess"]
-    for name in vgg_layer_names()[: vgg_layer_names().index("relu4_1") + 1]:
-        if name.startswith("conv"):
-            modules += [nn.ReflectionPad2d(1), _conv(params[name], padding=0)]
-            names += [f"{name}_pad", name]
-        elif name.startswith("relu"):
-            modules.append(nn.ReLU())
-            names.append(name)
-        else:
-            modules.append(nn.MaxPool2d(2, 2, 0, ceil_mode=True))
-            names.append(name)
-    return nn.Sequential(*modules).eval(), names
+    widths = [out_channels(params, f"conv{b}_1") for b in range(1, 5)]
+    net = vgg_normalised(widths, through_relu4_1=True)
+    names = vgg_normalised_names()[:ADAIN_RELU4_1_MODULES]
+    convs = ["preprocess"] + [n for n in names if n.startswith("conv") and not n.endswith("_pad")]
+    return load_convs(net, convs, params).eval(), names
 
 
 def adain_decoder(params: Mapping[str, Mapping[str, np.ndarray]], layer_names: Sequence[str]) -> nn.Sequential:
     """pytorch-AdaIN ``net.decoder``: reflection pad + 3x3 conv (+ ReLU), nearest x2 up-sampling."""
-    if len(layer_names) != DECODER_CONVS:
-        raise ValueError(f"the AdaIN decoder has {DECODER_CONVS} convs, got names {list(layer_names)}")
-    modules: list[nn.Module] = []
-    for i, name in enumerate(layer_names):
-        modules += [nn.ReflectionPad2d(1), _conv(params[name], padding=0)]
-        if i < DECODER_CONVS - 1:
-            modules.append(nn.ReLU())
-        if i in DECODER_UPSAMPLE_AFTER:
-            modules.append(nn.Upsample(scale_factor=2, mode="nearest"))
-    return nn.Sequential(*modules)
+    if len(layer_names) != 9:
+        raise ValueError(f"the AdaIN decoder has 9 convs, got names {list(layer_names)}")
+    first = np.shape(params[layer_names[0]]["kernel"])
+    widths = (first[2], first[3], out_channels(params, layer_names[4]), out_channels(params, layer_names[6]))
+    return load_convs(adain_decoder_net(widths), layer_names, params)
 
 
 def calc_mean_std(feat: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:

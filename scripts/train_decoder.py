@@ -1,133 +1,18 @@
-"""Train the AdaIN decoder (Huang & Belongie 2017): command-line front end over ``nst_jax.train.train``.
+"""Train the AdaIN decoder: ``python scripts/train_decoder.py`` is ``nst-train`` (:mod:`nst_jax.cli.train`).
 
-Every :class:`nst_jax.train.TrainConfig` field is a flag (``batch_size`` -> ``--batch-size``), with
-its default and help taken from the dataclass. Rerunning the same command with the same
-``--workdir`` resumes from the latest checkpoint; raising ``--steps`` continues a finished run.
-
-Examples::
-
-    python scripts/train_decoder.py --content-dir coco/train2014 --style-dir wikiart/train \\
-        --vgg vgg_normalised.pth --workdir runs/adain
-    python scripts/train_decoder.py --content-tfds coco/2017 --style-tfds my_wikiart \\
-        --tfds-data-dir ~/tensorflow_datasets --workdir runs/adain-tfds
-
-Ctrl-C saves a checkpoint at the current step and exits with status 130 (press it twice to quit
-at once). Errors print ``error: <message>`` and exit with status 2.
+Kept so that a checkout runs without installing the console scripts; see ``nst-train --help``.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import signal
 import sys
-import threading
-from collections.abc import Sequence
+from pathlib import Path
 
-from tqdm import tqdm
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing the package
+    sys.path.insert(0, str(ROOT))
 
-from nst_jax import cli, compile_cache, train
-
-_TYPES = {"int": int, "float": float, "str": str}
-
-
-def _flag_type(annotation: str):
-    # TrainConfig annotations are strings (postponed evaluation): "int", "float | None", ...
-    return _TYPES[annotation.split("|")[0].strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """argparse parser generated from :class:`nst_jax.train.TrainConfig` plus ``--workdir``."""
-    parser = cli.ArgumentParser(
-        prog="train_decoder.py",
-        description="Train the AdaIN decoder (Huang & Belongie 2017) with data parallelism and checkpoints.",
-        epilog="Loss norms and how --style-weight relates between them: see the nst_jax.train docstring.")
-    parser.add_argument("--workdir", required=True,
-                        help="folder for config.json, metrics.jsonl, loss_curve.png, checkpoints/ and "
-                             "decoder.npz; an existing one is resumed")
-    for field in dataclasses.fields(train.TrainConfig):
-        flag = train.flag_name(field.name)
-        help_text = field.metadata["help"]
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", help=help_text)
-            continue
-        kwargs = {"dest": field.name, "default": field.default, "type": _flag_type(field.type)}
-        if "choices" in field.metadata:
-            kwargs["choices"] = field.metadata["choices"]
-        if field.default is not None:
-            help_text += " (default: %(default)s)"
-        parser.add_argument(flag, help=help_text, **kwargs)
-    return parser
-
-
-class _Interrupt:
-    """SIGINT handler: the first Ctrl-C asks training to checkpoint and stop, the second quits."""
-
-    def __init__(self, stop: threading.Event):
-        self.stop = stop
-
-    def __call__(self, signum, frame) -> None:
-        if self.stop.is_set():
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-        self.stop.set()
-        print("\ninterrupt: saving a checkpoint at the current step (Ctrl-C again to quit now)",
-              file=sys.stderr, flush=True)
-
-
-class _ProgressBar:
-    """tqdm over the steps of this run, with the latest logged losses as postfix."""
-
-    def __init__(self) -> None:
-        self.bar: tqdm | None = None
-
-    def __call__(self, progress: train.Progress) -> None:
-        if self.bar is None:
-            self.bar = tqdm(total=progress.total, initial=progress.start_step, unit="step",
-                            dynamic_ncols=True, file=sys.stderr)
-        self.bar.update(progress.step - self.bar.n)
-        if progress.record is not None:
-            r = progress.record
-            self.bar.set_postfix(loss=f"{r['loss']:.4g}", Lc=f"{r['content_loss']:.4g}",
-                                 Ls=f"{r['style_loss']:.4g}", lr=f"{r['lr']:.2g}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _run(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    compile_cache.enable()  # before the first compile; the library itself never sets it
-    config = train.TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(train.TrainConfig)})
-    train.check_config(config)
-    stop = threading.Event()
-    bar = _ProgressBar()
-    previous = signal.signal(signal.SIGINT, _Interrupt(stop))
-    try:
-        result = train.train(config, args.workdir, callback=bar, stop=stop)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        bar.close()
-    for which, count in result.skipped.items():
-        if count:
-            print(f"skipped {count} unreadable {which} image(s)", file=sys.stderr)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if result.start_step:
-        print(f"resumed from step {result.start_step}", file=sys.stderr)
-    if result.interrupted:
-        print(f"interrupted at step {result.step}; checkpoint saved in {args.workdir}; rerun the same "
-              "command to resume", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    print(f"trained to step {result.step}; decoder: {result.decoder_path}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0, 2 on user errors, 130 when interrupted)."""
-    return cli.run_main(_run, argv)
-
+from nst_jax.cli.train import _ProgressBar, build_parser, main  # noqa: E402, F401 (the script's API)
 
 if __name__ == "__main__":
     sys.exit(main())

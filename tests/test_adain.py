@@ -252,6 +252,19 @@ def test_nnx_decoder_init_has_the_functional_layout():
     assert adain.check_decoder_params(nnx.to_pure_dict(nnx.state(module))) == NARROW_WIDTHS
 
 
+def test_decoder_graphdef_is_that_of_a_fresh_module_and_decode_runs_it():
+    fresh = adain.Decoder(NARROW_WIDTHS, rngs=nnx.Rngs(params=1))
+    graphdef, state = nnx.split(fresh)
+    assert adain.Decoder.graphdef(NARROW_WIDTHS) == graphdef
+    # The weights loader reads the same layer table (pytorch-AdaIN's Sequential indices per name).
+    assert adain.Decoder.LAYERS == adain.DECODER_LAYERS == tuple(weights.ADAIN_DECODER_INDEX)
+    params = nnx.to_pure_dict(state)
+    t = jax.random.normal(jax.random.key(2), (1, 2, 3, NARROW_WIDTHS[0]))
+    # decode() is the module applied to the params pytree, not a second implementation.
+    np.testing.assert_array_equal(np.asarray(adain.decode(params, t)), np.asarray(fresh(t)))
+    assert isinstance(adain.Decoder.merge(params), adain.Decoder)
+
+
 def test_check_decoder_params_names_missing_and_unexpected_layers(nets):
     params = dict(nets[1])
     params["extra"] = params.pop("dec3_1")

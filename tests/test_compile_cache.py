@@ -28,7 +28,7 @@ import jax.monitoring
 hits = []
 jax.monitoring.register_event_listener(
     lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
-from nst_jax import gatys
+from nst_jax.cli import gatys
 code = gatys.main(sys.argv[1:])
 import jax
 print(json.dumps({"code": code, "hits": len(hits), "dir": jax.config.jax_compilation_cache_dir}))
@@ -124,12 +124,14 @@ def test_bad_size_is_a_one_line_cli_error(tmp_path):
     assert not (tmp_path / "o.png").exists()
 
 
-def test_enable_sets_the_size_bound(tmp_path):
-    # JAX evicts least-recently-used entries itself above this bound (under filelock's lock).
-    code = ("import jax\nfrom nst_jax import compile_cache\nprint(compile_cache.enable())\n"
-            "print(jax.config.jax_compilation_cache_max_size)")
-    env = _env(tmp_path, **{compile_cache.ENV_MAX_MB: "3"})
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == [str(tmp_path / "cache" / "xla"), str(3 * 2**20)]
+def test_trim_removes_oldest_entries_first(tmp_path):
+    for i, size in enumerate([300, 200, 100]):  # oldest first
+        path = tmp_path / f"k{i}-cache"
+        path.write_bytes(b"x" * size)
+        os.utime(path, (1000 + i, 1000 + i))
+    (tmp_path / "unrelated.txt").write_bytes(b"y" * 1000)
+    assert compile_cache.trim(tmp_path, 350) == 300
+    assert _entries(tmp_path) == {"k1-cache", "k2-cache"}
+    assert compile_cache.trim(tmp_path, 300) == 0
+    assert compile_cache.trim(tmp_path, 0) == 300
+    assert _entries(tmp_path) == set() and (tmp_path / "unrelated.txt").exists()

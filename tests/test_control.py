@@ -20,6 +20,7 @@ from PIL import Image
 from nst_jax import gatys, guides, vgg
 from nst_jax import image as imageio
 from nst_jax.errors import ConfigError
+from nst_jax.cli import gatys as gatys_cli
 
 FAST = gatys.GatysConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"),
                          iterations=4, optimizer="adam", learning_rate=0.05)
@@ -355,7 +356,7 @@ def _cli(files, *extra, weights):
     metrics = files["dir"] / "metrics.json"
     argv = ["--content", str(files["content"]), "--weights", str(weights), "--size", "16", "--iterations", "2",
             "--chunk", "1", "--no-progress", "-o", str(out), "--metrics-json", str(metrics), *LAYER_FLAGS, *extra]
-    code = gatys.main(argv)
+    code = gatys_cli.main(argv)
     return code, out, metrics
 
 

@@ -158,14 +158,23 @@ def test_crops_are_windows_and_deterministic_from_seed_and_step():
     assert sorted(ids[:5]) == list(range(5)) and sorted(ids[5:]) == list(range(5))
 
 
-def test_process_sharding_splits_the_stream():
-    images = _coded_images(8)
-    full = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0)
-    p0 = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0, process_index=0, process_count=2)
-    p1 = data.image_stream(images, batch_size=1, crop=32, seed=0, stream=0, process_index=1, process_count=2)
-    for k in range(4):
-        np.testing.assert_array_equal(p0[k][0], full[2 * k][0])
-        np.testing.assert_array_equal(p1[k][0], full[2 * k + 1][0])
+def test_process_shares_are_contiguous_slices_of_the_one_process_batch():
+    """P processes reading b images each see, concatenated in process order, the batch of b*P that one
+    process reads at the same step (so the global batch does not depend on the process count)."""
+    images = _coded_images(7)  # 7 images: steps cross epoch boundaries at different offsets
+    full = data.image_stream(images, batch_size=6, crop=32, seed=0, stream=0)
+    for count, per in ((2, 3), (3, 2), (6, 1)):
+        shares = [data.image_stream(images, batch_size=per, crop=32, seed=0, stream=0, process_index=p,
+                                    process_count=count) for p in range(count)]
+        for k in (0, 1, 4):
+            np.testing.assert_array_equal(np.concatenate([s[k] for s in shares]), full[k])
+    # Resuming a share at step s reads what it would have read at step s.
+    later = data.take(data.pair_batches(images, images, batch_size=3, crop=32, seed=0, start_step=2,
+                                        process_index=1, process_count=2), 2)
+    whole = data.take(data.pair_batches(images, images, batch_size=6, crop=32, seed=0, start_step=2), 2)
+    for (c, s), (wc, ws) in zip(later, whole):
+        np.testing.assert_array_equal(c, wc[3:])
+        np.testing.assert_array_equal(s, ws[3:])
 
 
 def test_worker_processes_give_the_same_batches(folder):
@@ -218,6 +227,36 @@ def test_tfds_array_record_source(tmp_path):
         data.TfdsImageSource("no_such_dataset_xyz", 36, 32, data_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="no feature 'picture'; pass --tfds-image-key with one of: image"):
         data.TfdsImageSource(builder.name, 36, 32, data_dir=str(tmp_path), image_key="picture")
+
+
+def test_tfds_dataset_not_prepared_names_it_and_how_to_prepare_it(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS sources need the tfds extra")
+    built = []
+
+    class NstUnpreparedImages(tfds.core.GeneratorBasedBuilder):
+        """Registered but never prepared: reading it must not build (download) it."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            image = tfds.features.Image(shape=(None, None, 3))
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({"image": image}))
+
+        def _split_generators(self, dl_manager):
+            built.append(True)
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            yield 0, {"image": np.zeros((8, 8, 3), np.uint8)}
+
+    # A registered dataset (COCO's builder imports TensorFlow instead: the other path to the message).
+    for name in ("nst_unprepared_images", "coco/2017"):
+        with pytest.raises(ConfigError) as err:
+            data.TfdsImageSource(f"{name}:train", 36, 32, data_dir=str(tmp_path))
+        message = str(err.value)
+        assert f"TFDS dataset {name!r} is not prepared" in message and "TensorFlow" not in message
+        assert f"tfds build {name} --data_dir {tmp_path}" in message and "download=True" in message
+    assert built == [] and list(tmp_path.iterdir()) == []  # nothing was downloaded or built
 
 
 # A minimal EPS: Pillow recognises it by content, whatever the file is called, and decoding it

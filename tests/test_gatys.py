@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 
 from nst_jax import driver, gatys, vgg
 from nst_jax.errors import ConfigError, NonFiniteLossError
+from nst_jax.cli import gatys as gatys_cli
 
 CONFIG = gatys.GatysConfig()
 
@@ -168,7 +169,7 @@ WEIGHTS = str(__import__("pathlib").Path(__file__).parent / "fixtures" / "gatys"
 
 def test_cli_runs_and_writes_metrics(tmp_path, capsys):
     out, metrics = tmp_path / "out.png", tmp_path / "m.json"
-    code = gatys.main(["--weights", WEIGHTS, "--size", "40", "--iterations", "4", "--optimizer", "adam",
+    code = gatys_cli.main(["--weights", WEIGHTS, "--size", "40", "--iterations", "4", "--optimizer", "adam",
                        "--output", str(out), "--metrics-json", str(metrics), "--save-every", "2", "--chunk", "2",
                        "--no-progress", "--seed", "1"])
     assert code == 0
@@ -188,7 +189,7 @@ def test_cli_runs_and_writes_metrics(tmp_path, capsys):
 def test_cli_seed_reproducible(tmp_path):
     outs = []
     for name in ("a.png", "b.png"):
-        assert gatys.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "2", "--optimizer", "adam",
+        assert gatys_cli.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "2", "--optimizer", "adam",
                            "--chunk", "2", "--output", str(tmp_path / name), "--no-progress"]) == 0
         outs.append((tmp_path / name).read_bytes())
     assert outs[0] == outs[1]
@@ -206,7 +207,7 @@ def test_cli_interrupt_saves_image(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gatys, "run", interrupted_run)
     out = tmp_path / "out.png"
-    code = gatys.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "6", "--optimizer", "adam",
+    code = gatys_cli.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "6", "--optimizer", "adam",
                        "--chunk", "2", "--output", str(out), "--no-progress"])
     assert code == 130 and out.exists()
 
@@ -222,7 +223,7 @@ def test_cli_interrupt_saves_image(tmp_path, monkeypatch):
     (["--max-memory", "0.000001"], "GiB"),
 ])
 def test_cli_bad_input_exit_2(tmp_path, capsys, argv, message):
-    code = gatys.main(["--weights", WEIGHTS, "--iterations", "1", "--size", "40", "--no-progress",
+    code = gatys_cli.main(["--weights", WEIGHTS, "--iterations", "1", "--size", "40", "--no-progress",
                        "--output", str(tmp_path / "o.png"), *argv])
     err = capsys.readouterr().err
     assert code == 2
@@ -234,7 +235,7 @@ def test_cli_bad_input_exit_2(tmp_path, capsys, argv, message):
 def test_cli_save_every_below_chunk_writes_every_snapshot(tmp_path):
     """--save-every 2 with the default --chunk 10: a snapshot at every second iteration (issue 16.1)."""
     out = tmp_path / "se.png"
-    assert gatys.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "7", "--optimizer", "adam",
+    assert gatys_cli.main(["--weights", WEIGHTS, "--size", "32", "--iterations", "7", "--optimizer", "adam",
                        "--save-every", "2", "--output", str(out), "--no-progress"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "se.png", "se_iter00002.png", "se_iter00004.png", "se_iter00006.png"]

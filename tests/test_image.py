@@ -1014,7 +1014,7 @@ def test_draft_gray_and_cmyk_jpegs(tmp_path, mode):
 
 
 def test_gatys_cli_output_size_unchanged_by_draft(tmp_path, monkeypatch):
-    from nst_jax import gatys
+    from nst_jax.cli import gatys as gatys_cli
 
     weights = Path(__file__).parent / "fixtures" / "gatys" / "vgg19_narrow.pth"
     content = _save(tmp_path / "c.jpg", Image.fromarray(_photo_like(1000, 1336)), quality=90)
@@ -1028,7 +1028,7 @@ def test_gatys_cli_output_size_unchanged_by_draft(tmp_path, monkeypatch):
 
     monkeypatch.setattr(nimg, "load_image", spy)
     out = tmp_path / "o.png"
-    code = gatys.main(["--content", str(content), "--style", str(style), "--weights", str(weights),
+    code = gatys_cli.main(["--content", str(content), "--style", str(style), "--weights", str(weights),
                        "--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1",
                        "--size", "64", "--iterations", "0", "--style-scale", "1.5", "--no-progress",
                        "-o", str(out)])

@@ -18,6 +18,7 @@ from PIL import Image
 from nst_jax import gatys, multiscale
 from nst_jax import image as imageio
 from nst_jax.errors import ConfigError, NonFiniteLossError
+from nst_jax.cli import gatys as gatys_cli
 
 NARROW = pathlib.Path(__file__).parent / "fixtures" / "gatys" / "vgg19_narrow.pth"
 LAYER_FLAGS = ["--content-layers", "relu2_1", "--style-layers", "relu1_1,relu2_1", "--optimizer", "adam",
@@ -162,7 +163,7 @@ def _cli(d, *extra):
     argv = ["--content", str(d / "content.png"), "--style", str(d / "style.png"), "--weights", str(NARROW),
             "--chunk", "2", "--no-progress", "-o", str(d / "out.png"), "--metrics-json", str(d / "m.json"),
             *LAYER_FLAGS, *extra]
-    return gatys.main(argv)
+    return gatys_cli.main(argv)
 
 
 def test_cli_sizes_reports_every_level(files):

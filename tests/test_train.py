@@ -116,7 +116,7 @@ def test_train_step_matches_torch(ref):
 def test_loss_terms_match_torch_for_every_norm(ref):
     """Lc, Ls, L and dL/d(output features) of the "lua", "mse" and "l2" reductions.
 
-    The reductions differ only in :func:`train.loss_terms`; the chain rule through decoder and
+    The reductions differ only in :func:`train.adain_loss_terms`; the chain rule through decoder and
     encoder is the network checked end to end (default reduction) by test_train_step_matches_torch.
     """
     layers = train.STYLE_LAYERS
@@ -128,7 +128,7 @@ def test_loss_terms_match_torch_for_every_norm(ref):
         results = {}
         for norm in train.LOSS_NORMS:
             def total(o, norm=norm):
-                lc, ls = train.loss_terms(o, t, style, norm)
+                lc, ls = train.adain_loss_terms(o, t, style, norm)
                 return lc + ref[f"heads/{norm}/style_weight"] * ls, (lc, ls)
             results[norm] = jax.value_and_grad(total, has_aux=True)(out)
         return results

@@ -14,6 +14,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import urllib.error
 import zipfile
 
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nst_jax import _pth, vgg, weights
+from nst_jax import _pth, adain, vgg, weights
 from nst_jax.errors import (
     ChecksumError,
     ConfigError,
@@ -129,7 +130,7 @@ def test_load_adain_vgg_matches_torch(expected):
 
 def test_load_adain_decoder_matches_torch(expected):
     params = weights.load_adain_decoder(FIXTURES / "adain_decoder_narrow.pth")
-    assert tuple(params) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(params) == adain.DECODER_LAYERS
     _assert_params_equal(params, _golden(expected, "adain_decoder/params/"))
 
 
@@ -137,7 +138,7 @@ def test_adain_tables_agree_with_the_network_description():
     convs = tuple(n for n in vgg.ADAIN_VGG.layers if n.startswith("conv"))
     assert tuple(weights.ADAIN_VGG_INDEX) == ("preprocess",) + convs
     assert weights.ADAIN_VGG_LAST_MODULE == weights.ADAIN_VGG_INDEX["conv4_1"] + 1  # its ReLU
-    assert tuple(weights.ADAIN_DECODER_INDEX) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(weights.ADAIN_DECODER_INDEX) == adain.DECODER_LAYERS
     assert list(weights.ADAIN_DECODER_INDEX.values()) == [1, 5, 8, 11, 14, 18, 21, 25, 28]
     assert weights.VGG19_INDEX["conv4_2"] == 21 and weights.VGG19_INDEX["conv5_1"] == 28
 
@@ -155,18 +156,23 @@ def test_loaded_vgg19_reproduces_torch_activations(expected):
 # --- wrong files ----------------------------------------------------------------------------------
 
 FILES = {"vgg19": "vgg19_narrow.pth", "adain_vgg": "adain_vgg_narrow.pth", "adain_decoder": "adain_decoder_narrow.pth"}
-FLAGS = {"vgg19": "--weights", "adain_vgg": "--vgg", "adain_decoder": "--decoder"}
+LOADERS = {"vgg19": "load_vgg19", "adain_vgg": "load_adain_vgg", "adain_decoder": "load_adain_decoder"}
+FLAG = re.compile(r"(^|[\s(])--[a-z]")  # a command-line flag: the library names none
 
 
 @pytest.mark.parametrize("kind, actual", [(k, a) for k in weights.KINDS for a in weights.KINDS if k != a])
-def test_file_of_another_network_names_keys_and_the_right_flag(kind, actual):
+def test_file_of_another_network_names_keys_and_the_right_kind(kind, actual):
+    path = FIXTURES / FILES[actual]
     with pytest.raises(WeightsError) as err:
-        weights.load(FIXTURES / FILES[actual], kind)
+        weights.load(path, kind)
     message = str(err.value)
     assert "\n" not in message
     assert re.search(r"\d+ missing: -\S+ [\dx]+;", message)
     assert re.search(r"\d+ unexpected: \+\S+ [\dx]+", message)
-    assert FLAGS[actual] in message  # points at the flag the file belongs to
+    # Names the kind and loader the file belongs to, and no flag of any command line.
+    assert f'load it as kind "{actual}" ({LOADERS[actual]})' in message
+    assert not FLAG.search(message), message
+    assert (err.value.kind, err.value.path, err.value.found) == (kind, path, actual)
 
 
 def test_decoder_given_as_vgg19_lists_torch_keys():
@@ -177,7 +183,7 @@ def test_decoder_given_as_vgg19_lists_torch_keys():
     assert "-features.0.weight 64x3x3x3; -features.0.bias 64;" in message
     assert "+1.weight 8x10x3x3" in message
     assert re.search(r"\.\.\. \(\+\d+ more\)", message)
-    assert "--decoder" in message and "load_adain_decoder" in message
+    assert 'kind "adain_decoder"' in message and "load_adain_decoder" in message and not FLAG.search(message)
 
 
 def test_unknown_file_gets_the_generic_hint(tmp_path):
@@ -187,7 +193,8 @@ def test_unknown_file_gets_the_generic_hint(tmp_path):
     with pytest.raises(WeightsError) as err:
         weights.load_vgg19(path)
     assert "-conv5_4/kernel 3x3x512x512; -conv5_4/bias 512" in str(err.value)
-    assert "is this a VGG-19 file? for the AdaIN encoder use --vgg / load_adain_vgg" in str(err.value)
+    assert "is this a VGG-19 file? the AdaIN encoder loads with load_adain_vgg" in str(err.value)
+    assert (err.value.kind, err.value.path, err.value.found) == ("vgg19", path, None)
 
 
 def test_inconsistent_channels_in_pth():
@@ -231,8 +238,9 @@ def test_non_finite_weights_are_rejected(tmp_path):
 
 
 def test_missing_file_and_directory(tmp_path):
-    with pytest.raises(WeightsError, match=r"^weights file not found: .*nope\.pth; check the path given to --weights$"):
-        weights.load(tmp_path / "nope.pth", "vgg19", flag="--weights")
+    with pytest.raises(WeightsError, match=r"^weights file not found: .*nope\.pth; check the path$") as err:
+        weights.load(tmp_path / "nope.pth", "vgg19")
+    assert (err.value.kind, err.value.path) == ("vgg19", tmp_path / "nope.pth")
     with pytest.raises(WeightsError, match="is a directory"):
         weights.load_adain_decoder(tmp_path)
 
@@ -267,8 +275,9 @@ def test_npz_accepts_jax_arrays_and_is_reproducible(tmp_path):
 
 def test_npz_of_another_kind_is_named(tmp_path):
     path = weights.save_params(weights.load_vgg19(FIXTURES / "vgg19_narrow.pth"), tmp_path / "v.npz", kind="vgg19")
-    with pytest.raises(WeightsError, match="holds torchvision VGG-19 weights, not AdaIN decoder.*--weights"):
+    with pytest.raises(WeightsError, match="holds torchvision VGG-19 weights, not AdaIN decoder.*load_vgg19") as err:
         weights.load_adain_decoder(path)
+    assert not FLAG.search(str(err.value)) and err.value.found == "vgg19"
 
 
 def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
@@ -313,7 +322,6 @@ def test_registry():
     assert weights.WEIGHTS["adain_vgg"].sha256 == "804ca2835ecf7539f0cd2a7ac3c18ce81e6f8468969ae7117ac0c148d286bb4a"
     assert weights.WEIGHTS["adain_decoder"].sha256 == "379ca41d59f3a37eed3599bbbc2560c19da5c458870a5ffd3a9dd41aa88f9472"
     assert {n: s.kind for n, s in weights.WEIGHTS.items()} == {k: k for k in weights.KINDS}
-    assert {s.kind: s.flag for s in weights.WEIGHTS.values()} == FLAGS
 
 
 def test_cache_dir_precedence(monkeypatch, tmp_path):
@@ -349,7 +357,7 @@ def test_fetch_file_url_verifies_prefix(tmp_path, cache):
     source, digest = _served(tmp_path, "vgg19_narrow.pth", None)
     named = source.with_name(f"net-{digest[:10]}.pth")
     source.rename(named)
-    spec = weights.WeightsSpec(url=named.as_uri(), filename="net.pth", kind="vgg19", flag="--weights")
+    spec = weights.WeightsSpec(url=named.as_uri(), filename="net.pth", kind="vgg19")
     calls = []
     path = weights.fetch(spec, progress=lambda done, total: calls.append((done, total)))
     assert path == cache / "net.pth" and path.read_bytes() == named.read_bytes()
@@ -362,7 +370,7 @@ def test_checksum_mismatch_keeps_the_cached_file(tmp_path, cache):
     assert not digest.startswith("00000000")
     cache.mkdir()
     (cache / "net.pth").write_bytes(b"previous good copy")
-    spec = weights.WeightsSpec(url=source.as_uri(), filename="net.pth", kind="vgg19", flag="--weights")
+    spec = weights.WeightsSpec(url=source.as_uri(), filename="net.pth", kind="vgg19")
     with pytest.raises(ChecksumError) as err:
         weights.fetch(spec, force=True)
     message = str(err.value)
@@ -373,7 +381,7 @@ def test_checksum_mismatch_keeps_the_cached_file(tmp_path, cache):
 
 def test_fetch_without_published_hash_records_the_first_digest(cache):
     spec = weights.WeightsSpec(url="https://example.invalid/decoder.pth", filename="dec.pth",
-                               kind="adain_decoder", flag="--decoder")
+                               kind="adain_decoder")
     first = (FIXTURES / "adain_decoder_narrow.pth").read_bytes()
     weights.fetch(spec, opener=lambda url, timeout: io.BytesIO(first))
     digest = hashlib.sha256(first).hexdigest()
@@ -388,7 +396,7 @@ def test_resolve_downloads_and_converts_once(tmp_path, cache, monkeypatch, expec
     data = (FIXTURES / "vgg19_narrow.pth").read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     spec = weights.WeightsSpec(url=f"https://example.invalid/vgg19-{digest[:8]}.pth",
-                               filename=f"vgg19-{digest[:8]}.pth", kind="vgg19", flag="--weights")
+                               filename=f"vgg19-{digest[:8]}.pth", kind="vgg19")
     downloads, opened = [], []
     original_open = _pth.open_checkpoint
     monkeypatch.setattr(_pth, "open_checkpoint", lambda p: opened.append(p) or original_open(p))
@@ -414,13 +422,14 @@ def test_explicit_path_works_offline(cache):
         raise urllib.error.URLError("no network")
 
     params = weights.resolve_weights("adain_decoder", FIXTURES / "adain_decoder_narrow.pth", opener=offline)
-    assert tuple(params) == weights.ADAIN_DECODER_LAYERS
-    with pytest.raises(WeightsError, match="not found: .*missing.pth; check the path given to --decoder"):
+    assert tuple(params) == adain.DECODER_LAYERS
+    with pytest.raises(WeightsError, match="not found: .*missing.pth; check the path$") as err:
         weights.resolve_weights("adain_decoder", "missing.pth", opener=offline)
+    assert (err.value.kind, err.value.path) == ("adain_decoder", pathlib.Path("missing.pth"))
 
 
 @pytest.mark.parametrize("name", sorted(weights.WEIGHTS))
-def test_download_error_names_url_cache_and_flag(name, cache):
+def test_download_error_names_url_cache_and_kind(name, cache):
     def offline(url, timeout):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
@@ -430,7 +439,8 @@ def test_download_error_names_url_cache_and_flag(name, cache):
     message = str(err.value)
     assert "\n" not in message
     assert spec.url in message and str(weights.converted_path(name)) in message
-    assert f"{spec.flag} PATH" in message and "scripts/port_weights.py" in message
+    assert message.endswith("and pass the file's path") and f"port_weights.py --kind {spec.kind})" in message
+    assert (err.value.kind, err.value.path) == (spec.kind, None)  # the command line adds its flag
     assert "Temporary failure in name resolution" in message
     assert [p for p in cache.iterdir() if p.name.startswith(".")] == []
 
@@ -458,6 +468,7 @@ def test_corrupt_cached_npz_says_how_to_recover(cache):
 def port():
     spec = importlib.util.spec_from_file_location("port_weights", ROOT / "scripts" / "port_weights.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -479,13 +490,13 @@ def test_port_refuses_to_overwrite(port, tmp_path, capsys):
     assert err.startswith("error: ") and "already exists" in err and "--force" in err
     assert out.read_bytes() == b"keep me"
     assert port.main(argv + ["--force"]) == 0
-    assert tuple(weights.load_adain_decoder(out)) == weights.ADAIN_DECODER_LAYERS
+    assert tuple(weights.load_adain_decoder(out)) == adain.DECODER_LAYERS
 
 
 @pytest.mark.parametrize(
     "argv, needle",
     [
-        (["--kind", "vgg19", "DECODER"], "--decoder"),
+        (["--kind", "vgg19", "DECODER"], "; pass --kind adain_decoder"),
         (["--kind", "vgg19", "MISSING"], "weights file not found"),
         (["--kind", "adain_vgg", "EVIL"], "refused to load"),
         (["--kind", "vgg_19", "DECODER"], "invalid choice"),
@@ -498,6 +509,7 @@ def test_port_errors_exit_2_without_traceback(port, argv, needle, tmp_path, caps
     assert port.main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
+    assert "--decoder" not in err and "--weights" not in err  # flags of other commands
     assert not (tmp_path / "o.npz").exists()
 
 
@@ -605,7 +617,7 @@ def test_cached_copy_is_verified_before_conversion(cache):
     calls = []
     params = weights.resolve_weights(spec, opener=_adain_opener(data, calls))
     assert calls == [spec.url]  # the bad cached copy was not trusted
-    assert set(params) == set(weights.ADAIN_DECODER_LAYERS)
+    assert set(params) == set(adain.DECODER_LAYERS)
     assert sorted(p.name for p in cache.iterdir()) == ["adain_decoder.npz"]
 
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from nst_jax import weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "train"
 VGG = FIXTURES / "vgg_normalised_narrow.pth"
 

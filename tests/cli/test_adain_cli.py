@@ -11,8 +11,9 @@ from PIL import Image
 from nst_jax import adain, weights
 from nst_jax import image as image_io
 from nst_jax.errors import DownloadError
+from nst_jax.cli import adain as adain_cli
 
-FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "adain"
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "adain"
 VGG = str(FIXTURES / "vgg_normalised_narrow.pth")
 DECODER = str(FIXTURES / "decoder_narrow.pth")
 NETS = ["--vgg", VGG, "--decoder", DECODER]
@@ -41,7 +42,7 @@ def files(tmp_path):
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = adain.main([*map(str, argv)])
+    code = adain_cli.main([*map(str, argv)])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -99,13 +100,13 @@ def test_interpolation_writes_one_blend_per_content(capsys, files):
                        "--style-interpolation-weights", 1, 3, "--size", 24, "--output", files["out"],
                        *NETS)
     assert code == 0, err
-    assert sorted(p.name for p in files["out"].iterdir()) == ["c0_stylized_s0_s1.png"]
+    assert sorted(p.name for p in files["out"].iterdir()) == ["c0_stylized_s0-0.25_s1-0.75.png"]
     # Weights are normalized: 1, 3 gives the same image as 0.25, 0.75.
     code, _, err = run(capsys, "--content", files["contents"][0], "--style", *files["styles"],
                        "--style-interpolation-weights", 0.25, 0.75, "--size", 24,
                        "--output", files["out"] / "b.png", *NETS)
     assert code == 0, err
-    np.testing.assert_array_equal(load(files["out"] / "c0_stylized_s0_s1.png"),
+    np.testing.assert_array_equal(load(files["out"] / "c0_stylized_s0-0.25_s1-0.75.png"),
                                   load(files["out"] / "b.png"))
 
 
@@ -176,11 +177,11 @@ def test_missing_default_weights_name_the_flag(capsys, files, monkeypatch):
         if path is not None:
             return weights.load(path, "adain_vgg" if name == "adain_vgg" else "adain_decoder")
         raise DownloadError(f"cannot download {name} from https://example.invalid/x.pth into the cache; "
-                            "pass --decoder PATH")
+                            "pass the file's path", kind=name)
 
     monkeypatch.setattr(weights, "resolve_weights", unavailable)
     expect_error(capsys, "--content", files["contents"][0], "--style", files["styles"][0], "--vgg", VGG,
-                 "--output", files["out"], match="pass --decoder PATH")
+                 "--output", files["out"], match="pass the file's path (--decoder PATH)")
 
 
 def test_ctrl_c_keeps_finished_outputs(capsys, files, monkeypatch):

@@ -1,6 +1,6 @@
 """Bad input at every entry point: one-line errors, exit code 2, nothing lost, nothing executed.
 
-The four entry points are ``nst_jax.gatys.main``, ``nst_jax.adain.main``, ``scripts/train_decoder.py``
+The four entry points are ``nst_jax.cli.gatys.main``, ``nst_jax.cli.adain.main``, ``scripts/train_decoder.py``
 and ``scripts/port_weights.py``. For every case of the table below the entry point must
 
 * return 2 and print exactly one line, ``error: ...``, that names the problem and the fix (the
@@ -44,10 +44,13 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from nst_jax import adain, data, gatys, multiscale, train, vgg, weights
+from nst_jax import files as files_io
 from nst_jax import image as image_io
 from nst_jax.errors import ConfigError, InputImageError, NonFiniteLossError
+from nst_jax.cli import gatys as gatys_cli
+from nst_jax.cli import adain as adain_cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 GATYS_VGG = FIXTURES / "gatys" / "vgg19_narrow.pth"
 ADAIN_VGG = FIXTURES / "adain" / "vgg_normalised_narrow.pth"
@@ -62,6 +65,7 @@ PREVIOUS = b"an output from an earlier run"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"robustness_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -69,7 +73,7 @@ def _script(name: str):
 port_weights = _script("port_weights")
 train_decoder = _script("train_decoder")
 
-ENTRY = {"gatys": gatys.main, "adain": adain.main, "train": train_decoder.main, "port": port_weights.main}
+ENTRY = {"gatys": gatys_cli.main, "adain": adain_cli.main, "train": train_decoder.main, "port": port_weights.main}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,12 +225,12 @@ CASES = [
          ('"relu9_1"', "--style-layers", 'did you mean "relu5_1"', "valid choices: conv1_1")),
     Case("gatys-misspelt-flag", "gatys", ("--sizee", "64"), ("unrecognized arguments", 'did you mean "--size"')),
     Case("gatys-missing-weights", "gatys", ("--weights", "{dir}/vgg19.pth"),
-         ("weights file not found", "vgg19.pth", "--weights")),
+         ("--weights: weights file not found", "vgg19.pth")),
     Case("gatys-decoder-as-weights", "gatys", ("--weights", str(ADAIN_DECODER)),
-         ("does not match torchvision VGG-19", "missing", "unexpected", "pass it with --decoder")),
+         ("--weights: ", "does not match torchvision VGG-19", "missing", "unexpected", "AdaIN decoder weights")),
     Case("gatys-weights-wrong-keys", "gatys", ("--weights", "{vgg19_bad_keys}"),
          ("2 missing: -conv5_4/kernel", "-conv5_4/bias", "2 unexpected: +extra/kernel 3x3x4x4", "+extra/bias")),
-    Case("gatys-weights-checksum", "gatys", (), ("checksum mismatch", "discarded", "--weights PATH"),
+    Case("gatys-weights-checksum", "gatys", (), ("checksum mismatch", "discarded", "(--weights PATH)"),
          drop=("--weights",), setup="bad_download"),
     Case("gatys-output-folder-missing", "gatys", ("--output", "{out}/missing/result.png"),
          ("output folder does not exist", "create it or choose another --output")),
@@ -268,12 +272,12 @@ CASES = [
     Case("adain-unknown-color-transform", "adain", ("--color-transform", "chool"),
          ('did you mean "chol"', "valid choices: eig, chol, sym")),
     Case("adain-torchvision-as-encoder", "adain", ("--vgg", str(GATYS_VGG)),
-         ("does not match AdaIN vgg_normalised encoder", "pass it with --weights")),
+         ("--vgg: ", "does not match AdaIN vgg_normalised encoder", 'kind "vgg19" (load_vgg19)')),
     Case("adain-decoder-wrong-keys", "adain", ("--decoder", "{decoder_bad_keys}"),
          ("-dec2_1/kernel", "-dec2_1/bias", "+dec0_1/kernel", "+dec0_1/bias", "AdaIN decoder")),
     Case("adain-missing-decoder", "adain", ("--decoder", "{dir}/decoder.pth"),
-         ("weights file not found", "--decoder")),
-    Case("adain-decoder-checksum", "adain", (), ("checksum mismatch", "--decoder PATH"),
+         ("--decoder: weights file not found",)),
+    Case("adain-decoder-checksum", "adain", (), ("checksum mismatch", "(--decoder PATH)"),
          drop=("--decoder",), setup="bad_download"),
     Case("adain-mask-not-an-image", "adain", ("--style", "{style}", "{content}", "--mask", "{text}"),
          ("mask image is not an image",)),
@@ -281,7 +285,7 @@ CASES = [
          ("output folder is not a folder", "--output")),
     Case("adain-output-not-writable", "adain", (), ("not writable", "--output"), setup="unwritable"),
     Case("adain-too-big-for-memory", "adain", ("--size", "60000"),
-         ("60000x", "GiB", "lower --size", "--max-memory")),
+         ("x60000 px", "GiB", "lower --size", "--max-memory")),
     Case("adain-over-memory-budget", "adain", ("--max-memory", "0.0001"), ("GiB", "--max-memory")),
     # --- scripts/train_decoder.py
     Case("train-unknown-loss-norm", "train", ("--loss-norm", "mes"),
@@ -289,10 +293,10 @@ CASES = [
     Case("train-misspelt-flag", "train", ("--batchsize", "4"), ('did you mean "--batch-size"',)),
     Case("train-zero-steps", "train", ("--steps", "0"), ("--steps must be an integer >= 1",)),
     Case("train-negative-style-weight", "train", ("--style-weight", "-1"), ("--style-weight", ">= 0")),
-    Case("train-missing-encoder", "train", ("--vgg", "{dir}/vgg.pth"), ("weights file not found", "--vgg")),
+    Case("train-missing-encoder", "train", ("--vgg", "{dir}/vgg.pth"), ("--vgg: weights file not found",)),
     Case("train-decoder-as-encoder", "train", ("--vgg", str(ADAIN_DECODER)),
-         ("does not match AdaIN vgg_normalised encoder", "pass it with --decoder")),
-    Case("train-encoder-checksum", "train", (), ("checksum mismatch", "--vgg PATH"),
+         ("--vgg: ", "does not match AdaIN vgg_normalised encoder", 'kind "adain_decoder"')),
+    Case("train-encoder-checksum", "train", (), ("checksum mismatch", "(--vgg PATH)"),
          drop=("--vgg",), setup="bad_download"),
     Case("train-missing-content-folder", "train", ("--content-dir", "{dir}/nope"),
          ("image folder not found", "nope")),
@@ -309,6 +313,8 @@ CASES = [
     Case("port-folder-as-source", "port", ("{contents}",), ("is a directory", "expected a .pth")),
     Case("port-empty-source", "port", ("{empty}",), ("is empty", "torch.save")),
     Case("port-text-as-source", "port", ("{text}",), ("not a PyTorch checkpoint", "torch.save")),
+    Case("port-decoder-as-vgg19", "port", (str(ADAIN_DECODER),), ("does not match torchvision VGG-19",
+                                                               "pass --kind adain_decoder")),
     Case("port-bad-channel-chain", "port", (str(BAD_CHAIN_DECODER), "--kind", "adain_decoder"),
          ("does not match AdaIN decoder", "input channels")),
     Case("port-output-folder-missing", "port", (str(GATYS_VGG), "--output", "{out}/missing/w.npz"),
@@ -327,8 +333,7 @@ def _unwritable(monkeypatch, tmp_path) -> None:
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(image_io, "_create_temp", refuse)
-    monkeypatch.setattr(weights, "_create_temp", refuse)
+    monkeypatch.setattr(files_io, "_create_temp", refuse)
 
 
 def _bad_download(monkeypatch, tmp_path) -> None:
@@ -416,7 +421,8 @@ def test_base_command_lines_reach_the_work(entry, files, workspace, sentinels, c
 
 
 def test_train_tfds_builder_needing_tensorflow_is_refused_in_one_line(monkeypatch):
-    """A TFDS dataset prepared as tfrecord makes tfds import TensorFlow; without it: a ConfigError."""
+    """A TFDS dataset not prepared as array_record makes tfds import TensorFlow (the builder code);
+    the message names the dataset and how to prepare it, not a missing TensorFlow (issue 16 defect 8)."""
     tfds = pytest.importorskip("tensorflow_datasets", reason="TFDS sources need the tfds extra")
 
     def data_source(*args, **kwargs):
@@ -427,8 +433,11 @@ def test_train_tfds_builder_needing_tensorflow_is_refused_in_one_line(monkeypatc
         data.TfdsImageSource("coco/2017:train", 36, 32)
     message = str(info.value)
     assert "\n" not in message
-    for needle in ("'coco/2017:train'", "tensorflow", "array_record", "tfds build --file_format=array_record"):
+    for needle in ("'coco/2017' is not prepared (as array_record)",
+                   "tfds build coco/2017 --data_dir DIR --file_format=array_record", "download=True",
+                   "--tfds-data-dir DIR"):
         assert needle in message, f"{needle!r} missing from: {message}"
+    assert "tensorflow" not in message.lower()
 
 
 def test_base_port_command_line_converts(files, workspace, capsys):
@@ -441,10 +450,27 @@ def test_base_port_command_line_converts(files, workspace, capsys):
 def test_adain_memory_budget_is_overridable(files, workspace, sentinels, capsys):
     tmp_path, out = workspace
     base = [str(a) for a in _base("adain", files, out)]
-    assert adain.main(base + ["--max-memory", "0.0001"]) == 2
+    assert adain_cli.main(base + ["--max-memory", "0.0001"]) == 2
     assert "raise --max-memory" in _one_error_line(capsys.readouterr().err)
     with pytest.raises(WorkStarted):  # the same job with a larger budget goes ahead
-        adain.main(base + ["--max-memory", "0.01"])
+        adain_cli.main(base + ["--max-memory", "0.01"])
+
+
+@pytest.mark.parametrize("entry, args, foreign", [
+    ("gatys", ("--weights", ADAIN_DECODER), ("--decoder", "--vgg")),
+    ("adain", ("--vgg", GATYS_VGG), ("--weights",)),
+    ("adain", ("--decoder", ADAIN_VGG), ("--weights",)),
+    ("train", ("--vgg", ADAIN_DECODER), ("--weights", "--decoder")),
+    ("port", (ADAIN_DECODER,), ("--decoder", "--weights", "--vgg")),
+], ids=["gatys", "adain-vgg", "adain-decoder", "train", "port"])
+def test_weights_hints_name_only_the_commands_own_flags(entry, args, foreign, files, workspace, sentinels,
+                                                        capsys):
+    """A file of the wrong network: the hint fits the command (issue 16 defect 8), never another's flag."""
+    tmp_path, out = workspace
+    assert ENTRY[entry]([str(a) for a in _base(entry, files, out)] + [str(a) for a in args]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "does not match" in line
+    assert not any(flag in line for flag in foreign), line
 
 
 # ------------------------------------------------------------------------------------------------
@@ -566,7 +592,7 @@ def test_adain_output_folder_never_replaces_an_input(files, workspace, sentinels
     argv = [str(a) for a in _base("adain", files, out)]
     argv[argv.index("--content") + 1] = str(folder)
     argv[argv.index("--output") + 1] = str(folder)
-    code = adain.main(argv)
+    code = adain_cli.main(argv)
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "a_stylized_style.png is the content image" in line, line
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "a_stylized_style.png"]
@@ -586,7 +612,7 @@ def test_gatys_non_finite_loss_keeps_the_last_good_image(files, workspace, monke
 
     monkeypatch.setattr(gatys, "run", diverging)
     (out / "result.png").write_bytes(PREVIOUS)
-    code = gatys.main([str(a) for a in _base("gatys", files, out)])
+    code = gatys_cli.main([str(a) for a in _base("gatys", files, out)])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "between iteration 10 and 12" in line and "--learning-rate" in line
     saved = out / "result.last-good.png"
@@ -621,7 +647,7 @@ def test_gatys_metrics_on_a_full_disk_changes_nothing(files, workspace, monkeypa
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", full)
     argv = [str(a) for a in _base("gatys", files, out)] + ["--metrics-json", str(out / "metrics.json")]
-    code = gatys.main(argv)
+    code = gatys_cli.main(argv)
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "No space left on device" in line and "metrics.json" in line, line
     assert (out / "result.png").read_bytes() == PREVIOUS
@@ -629,7 +655,7 @@ def test_gatys_metrics_on_a_full_disk_changes_nothing(files, workspace, monkeypa
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
 
     monkeypatch.setattr(os, "fsync", real_fsync)  # the same run with a disk that has room writes both
-    assert gatys.main(argv) == 0
+    assert gatys_cli.main(argv) == 0
     assert json.loads((out / "metrics.json").read_text())["final_loss"] == 2.0
     assert (out / "result.png").read_bytes() != PREVIOUS
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "result.png"]
@@ -651,7 +677,7 @@ def test_adain_failure_midway_keeps_finished_and_existing_outputs(files, workspa
     assert image_io.image_size(contents / "b.jpg") == (64, 64)
     (out / "b_stylized_style.png").write_bytes(PREVIOUS)
     monkeypatch.setattr(adain, "stylize_jit", lambda vgg_params, dec, content, styles, *a, **k: content)
-    code = adain.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(contents),
+    code = adain_cli.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(contents),
                        "--style", str(files["style"]), "--size", "32", "--output", str(out)])
     line = _one_error_line(capsys.readouterr().err)
     assert code == 2 and "b.jpg" in line and "truncated or corrupt" in line
@@ -712,7 +738,7 @@ def mode_files(tmp_path_factory):
 def test_every_image_mode_is_stylized_by_the_adain_cli(name, mode_files, files, tmp_path, capsys):
     path, expected = mode_files[name]
     out = tmp_path / "result.png"
-    code = adain.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(path),
+    code = adain_cli.main(["--vgg", str(ADAIN_VGG), "--decoder", str(ADAIN_DECODER), "--content", str(path),
                        "--style", str(files["style"]), "--size", "16", "--output", str(out)])
     assert code == 0, capsys.readouterr().err
     result = image_io.load_image(out)

@@ -1,0 +1,3 @@
+from nst_jax.cli.app import console
+
+console()
