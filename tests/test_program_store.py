@@ -120,7 +120,7 @@ def test_entries_are_checked_and_the_store_is_bounded(tmp_path):
     assert not compile_cache.write_entry(tmp_path / "file" / "c", b"")  # cannot be written: skipped
 
 
-_RUN_CLI = "import sys; from nst_jax import gatys; sys.exit(gatys.main(sys.argv[1:]))"
+_RUN_CLI = "import sys; from nst_jax.cli import gatys; sys.exit(gatys.main(sys.argv[1:]))"
 
 
 def test_second_process_deserializes_instead_of_tracing(tmp_path):

@@ -17,7 +17,7 @@ import sys
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from nst_jax import cli, files, flow, video, video_style
+from nst_jax import cli, files, flow, video
 from nst_jax import image as imageio
 
 option = cli.option
@@ -74,6 +74,7 @@ def _style(path, height: int):
 
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
+    from nst_jax import video_style  # here, not at import: it pulls in adain (flax) for every nst-gatys start
     video.check_output(args.output, source=args.content)
     info = video.probe(args.content)
     height = args.size or info.height
@@ -92,6 +93,7 @@ def gatys(args, config, loss_weights, params) -> int:
 
 def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights) -> int:
     """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
+    from nst_jax import video_style
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
     info = video.probe(args.content)
