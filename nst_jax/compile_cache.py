@@ -14,15 +14,29 @@ without eviction, or a racing writer, leaves an entry without one, so several pr
 directory, as the test suite's workers and command lines do, would trip over each other. Stale entries are harmless: keys hash the program, the compile
 options, the backend and the jax/jaxlib versions, so an entry from another version or device is never
 looked up, and an entry that fails to load is recompiled (JAX warns and carries on).
+
+JAX's cache skips XLA's compile but not tracing and lowering, which dominate a warm start. So
+:func:`enable` also turns on the driver's program store (``<cache>/programs``, or off with
+``$NST_JAX_PROGRAM_CACHE=0``): :mod:`nst_jax.driver` serializes each program it traces with
+``jax.export``, and the next process deserializes it instead of tracing. Entries are named by a hash
+of the program's config, argument shapes and dtypes, the backend, the jax/jaxlib/optax/jaxopt
+versions and nst_jax's own source (:func:`fingerprint`), so an edited checkout or another version
+never reads them; each file carries a SHA-256 of its contents, and one that is damaged or unreadable
+is traced again and rewritten. The store is bounded by a quarter of the size bound above, least
+recently used entries go first.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 ENV = "NST_JAX_COMPILE_CACHE"
 ENV_MAX_MB = "NST_JAX_COMPILE_CACHE_MAX_MB"
+ENV_PROGRAMS = "NST_JAX_PROGRAM_CACHE"
+PROGRAM_SUFFIX = ".jaxexport"
+_MAGIC = b"nst_jax-program-v1\n"
 DEFAULT_MAX_MB = 2048
 # Programs that compile faster than this are not worth a file (XLA: a small jit is ~10 ms).
 MIN_COMPILE_SECONDS = 0.1
@@ -59,13 +73,13 @@ def max_bytes(environ: dict[str, str] | None = None) -> int:
     return int(mb * 2**20)
 
 
-def trim(directory: Path, limit: int) -> int:
-    """Deletes the oldest cache entries until the directory holds at most ``limit`` bytes.
+def trim(directory: Path, limit: int, suffix: str = _ENTRY_SUFFIX) -> int:
+    """Deletes the oldest cache entries (``*suffix``) until they take at most ``limit`` bytes.
 
     Returns the number of bytes removed. Entries another process removes meanwhile are skipped.
     """
     entries = []
-    for path in directory.glob(f"*{_ENTRY_SUFFIX}"):
+    for path in directory.glob(f"*{suffix}"):
         try:
             stat = path.stat()
         except FileNotFoundError:
@@ -84,6 +98,10 @@ def trim(directory: Path, limit: int) -> int:
     return removed
 
 
+_programs: list[Path] = []  # the program store's directory once enable() turned it on
+_fingerprint: list[str] = []  # computed once per process
+
+
 def enable(environ: dict[str, str] | None = None) -> Path | None:
     """Turns on JAX's persistent compilation cache for this process; returns its directory.
 
@@ -94,7 +112,9 @@ def enable(environ: dict[str, str] | None = None) -> Path | None:
     import jax
 
     if jax.config.jax_compilation_cache_dir:  # JAX_COMPILATION_CACHE_DIR or a caller set it
-        return Path(jax.config.jax_compilation_cache_dir)
+        directory = Path(jax.config.jax_compilation_cache_dir)
+        _enable_programs(directory, environ)
+        return directory
     directory = cache_path(environ)
     if directory is None:
         return None
@@ -108,7 +128,76 @@ def enable(environ: dict[str, str] | None = None) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", -1)  # no JAX-side eviction: see the module doc
+    _enable_programs(directory, environ)
     return directory
 
 
-__all__ = ["ENV", "ENV_MAX_MB", "cache_path", "enable", "max_bytes", "trim"]
+def _enable_programs(directory: Path, environ: dict[str, str] | None) -> None:
+    env = os.environ if environ is None else environ
+    _programs.clear()
+    import importlib.util
+
+    # jax.export serializes with flatbuffers (a dependency); without it programs are just traced.
+    if env.get(ENV_PROGRAMS, "1").strip().lower() not in _OFF and importlib.util.find_spec("flatbuffers"):
+        _programs.append(directory / "programs")  # JAX's eviction only looks at its own top-level files
+
+
+def programs_path() -> Path | None:
+    """The driver's program store, or None unless :func:`enable` turned it on in this process."""
+    return _programs[0] if _programs else None
+
+
+def fingerprint() -> str:
+    """What an exported program depends on besides its arguments: backend, versions, nst_jax's source."""
+    if not _fingerprint:
+        import importlib.metadata
+
+        import jax
+
+        parts = [jax.default_backend(), str(jax.devices()[0].device_kind)]
+        for dist in ("jax", "jaxlib", "optax", "jaxopt"):
+            try:
+                parts.append(f"{dist}={importlib.metadata.version(dist)}")
+            except importlib.metadata.PackageNotFoundError:
+                parts.append(f"{dist}=none")
+        digest = hashlib.sha256("|".join(parts).encode())
+        package = Path(__file__).resolve().parent
+        for source in sorted(package.rglob("*.py")):  # an edited checkout never reads older programs
+            digest.update(str(source.relative_to(package)).encode() + b"\0" + source.read_bytes())
+        _fingerprint.append(digest.hexdigest())
+    return _fingerprint[0]
+
+
+def read_entry(path: Path) -> bytes | None:
+    """The payload of a program store entry, or None when it is missing, unreadable or damaged."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head, digest = len(_MAGIC), len(_MAGIC) + 32
+    if data[:head] != _MAGIC or hashlib.sha256(data[digest:]).digest() != data[head:digest]:
+        return None
+    try:
+        os.utime(path)  # recently used: evicted last
+    except OSError:
+        pass
+    return data[digest:]
+
+
+def write_entry(path: Path, payload: bytes, environ: dict[str, str] | None = None) -> bool:
+    """Stores ``payload`` at ``path`` atomically with its checksum, then trims the store; False if not written."""
+    from nst_jax.errors import OutputPathError
+    from nst_jax.files import atomic_write_bytes
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, _MAGIC + hashlib.sha256(payload).digest() + payload)
+    except (OSError, OutputPathError):
+        return False  # caching is an optimisation, never a reason to fail
+    trim(path.parent, max_bytes(environ) // 4, PROGRAM_SUFFIX)
+    return True
+
+
+
+__all__ = ["ENV", "ENV_MAX_MB", "ENV_PROGRAMS", "cache_path", "enable", "fingerprint", "max_bytes", "programs_path",
+           "read_entry", "trim", "write_entry"]

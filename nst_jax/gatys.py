@@ -549,13 +549,32 @@ def run(
         key = jax.random.key(0)
     original = content
     content, style, init = prepare_inputs(content, style, config, init)
-    targets = compute_targets(params, content, style, config, blend_weights,
-                              content_masks=content_masks, style_masks=style_masks)
+    targets, targets_source = _stored_targets(params, content, style, config, blend_weights, content_masks,
+                                              style_masks)
     x = initial_image(content, config, key, init)
     prog = driver.program(driver.program_key(config, "gatys", chunk), lambda c: _build_program(c, chunk))
-    return driver.drive(prog, x, (params, targets, weights), iterations=config.iterations, chunk=chunk,
-                        snapshot_every=snapshot_every, callback=callback,
-                        finish=driver.finisher(original, color=config.color, color_space=config.color_space))
+    result = driver.drive(prog, x, (params, targets, weights), iterations=config.iterations, chunk=chunk,
+                          snapshot_every=snapshot_every, callback=callback,
+                          finish=driver.finisher(original, color=config.color, color_space=config.color_space))
+    if targets_source == "traced":
+        result.program_source = "traced"
+    return result
+
+
+def _stored_targets(params, content, style, config, blend_weights, content_masks, style_masks):
+    """:func:`compute_targets` as one compiled program (through the driver's program store), not op by op."""
+    blend = None if blend_weights is None else tuple(float(w) for w in blend_weights)
+    styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
+    masks = None if style_masks is None else tuple(style_masks)
+    key = driver.program_key(config, "gatys-targets", blend)
+
+    def targets(params, content, styles, content_masks, style_masks):
+        t = compute_targets(params, content, list(styles), key[0], blend, content_masks=content_masks,
+                            style_masks=None if style_masks is None else list(style_masks))
+        return tuple(t)  # built-in containers only: exportable without registered types
+
+    fn = driver.stored_function(key, targets)
+    return Targets(*fn(params, content, styles, content_masks, masks)), fn.last_source
 
 
 if __name__ == "__main__":

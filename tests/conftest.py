@@ -26,6 +26,9 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput") and compile_cache.ENV not in os.environ:
         os.environ[compile_cache.ENV] = tempfile.mkdtemp(prefix="nst_jax_xla_")
         _OWN_COMPILE_CACHE.append(os.environ[compile_cache.ENV])
+    # The driver's program store stays off: tests patch library functions (objectives, solvers) that
+    # its entries, keyed by config and source, cannot see. tests/test_program_store.py turns it on.
+    os.environ.setdefault(compile_cache.ENV_PROGRAMS, "0")
     compile_cache.enable()  # before any test compiles: JAX reads the setting once
 
 

@@ -110,3 +110,36 @@ def test_library_half_of_gatys_imports_no_driver_above_it():
 def test_import_graph_is_acyclic():
     cycle = _find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# Heavy packages the Gatys command line never uses: each would add seconds to every start.
+_NOT_ON_THE_GATYS_PATH = ("flax", "orbax", "grain", "tensorflow", "tensorflow_datasets", "torch", "jaxopt", "av",
+                          "cv2", "starlette", "uvicorn")
+
+_IMPORT_GATYS_CLI = """
+import contextlib, io, json, sys
+import nst_jax.gatys
+after_import = sorted(sys.modules)
+import nst_jax.cli.gatys
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    nst_jax.cli.gatys.main(["--help"])  # the CLI's own imports (weights, image, multiscale, ...) included
+print(json.dumps([after_import, sorted(sys.modules)]))
+"""
+
+
+def test_gatys_cli_path_imports_no_heavy_optional_package():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_GATYS_CLI], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    after_import, after_help = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "nst_jax.gatys" in after_import and "nst_jax.weights" in after_help  # both stages ran
+    for stage in (after_import, after_help):
+        loaded = {name.partition(".")[0] for name in stage}
+        assert not loaded & set(_NOT_ON_THE_GATYS_PATH), sorted(loaded & set(_NOT_ON_THE_GATYS_PATH))
+    assert "tqdm" not in after_import and "nst_jax.adain" not in after_help

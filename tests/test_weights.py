@@ -629,3 +629,23 @@ def test_weights_cache_that_is_a_file(tmp_path, monkeypatch):
         weights.resolve_weights("adain_vgg", opener=_adain_opener(b"", []))
     assert "\n" not in str(err.value)
     assert blocker.read_text() == "not a folder"
+
+
+def test_stored_npz_members_are_read_in_one_pass_and_crc_checked(tmp_path):
+    # Stored (uncompressed) members, as np.savez writes them, are read straight into their arrays;
+    # zipfile's CRC check still applies: one flipped data byte is refused.
+    params = weights.load_vgg19(FIXTURES.parent / "gatys" / "vgg19_narrow.pth")
+    path = weights.save_params(params, tmp_path / "w.npz", kind="vgg19")
+    with zipfile.ZipFile(path) as z:
+        assert {i.compress_type for i in z.infolist()} == {zipfile.ZIP_STORED}
+        info = z.getinfo("conv5_4/kernel.npy")
+    loaded = weights.load(path, "vgg19")
+    for name in params:
+        for slot in ("kernel", "bias"):
+            np.testing.assert_array_equal(loaded[name][slot], params[name][slot])
+    data = bytearray(path.read_bytes())
+    # A byte inside the 36 KB kernel's data: past its local header (< 100 bytes), before its end.
+    data[info.header_offset + info.compress_size] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="CRC"):
+        weights.load(path, "vgg19")

@@ -363,6 +363,7 @@ def _metrics(args, config: GatysConfig, lw, ms, sizes, level_its) -> dict:
         "tv_weighted": terms["tv_weighted"],
         "seconds_per_iteration": result.seconds_per_iteration,
         "compile_seconds": result.compile_seconds,
+        "program_source": result.program_source,  # "exported": no tracing (the program store)
         "iterations": result.iterations,
         "evaluations": evaluations,
         "evaluations_per_iteration": evaluations / result.iterations if result.iterations else None,

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from nst_jax import cli, files, flow, memory, video, video_style
+from nst_jax import cli, files, flow, memory, video
 from nst_jax import image as imageio
 from nst_jax.errors import ConfigError, MemoryBudgetError
 
@@ -142,6 +142,7 @@ def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None
 
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
+    from nst_jax import video_style  # here, not at import: it pulls in adain (flax) for every nst-gatys start
     video.check_output(args.output, source=args.content)
     check_gatys_memory(args, config, params)
     info = video.probe(args.content)
@@ -161,6 +162,7 @@ def gatys(args, config, loss_weights, params) -> int:
 
 def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights) -> int:
     """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
+    from nst_jax import video_style
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
     check_adain_memory(args, config, vgg_params, decoder_params, styles)
