@@ -125,7 +125,7 @@ class Program:
     def _traceable(self, name: str, args_tree, call_args) -> Callable:
         fn = self._fns[name]
         if name == "run_chunk":
-            x, state = call_args[0], call_args[1]
+            x = call_args[0]
             tree = self._state_tree(x, args_tree, call_args[-1])
             return functools.partial(fn, state_tree=tree, args_tree=args_tree)
         return functools.partial(fn, args_tree=args_tree)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from nst_jax import adain, cli, compile_cache, memory, video, weights
+from nst_jax import adain, cli, compile_cache, memory, weights
 from nst_jax.cli import video as cli_video
 from nst_jax import image as image_io
 from nst_jax.adain import ENCODER_LAYER, MIN_IMAGE_SIZE, AdainConfig, Params

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from nst_jax import cli, compile_cache, files, gatys, guides, memory, multiscale, tiling, vgg, video
+from nst_jax import cli, compile_cache, files, gatys, guides, memory, multiscale, tiling, vgg
 from nst_jax.cli import video as cli_video
 from nst_jax import image as imageio
 from nst_jax import weights as weights_mod
