@@ -708,6 +708,14 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
             style_cache[task.style] = (np.asarray(m[0]), np.asarray(s[0]))
         return style_cache[task.style]
 
+    def reported_and_stopped() -> bool:
+        """Reports progress; True (and the summary marked interrupted) when a stop was asked for."""
+        stats.seconds = time.perf_counter() - t_start
+        if progress is not None:
+            progress(stats)
+        summary.interrupted = bool(should_stop())
+        return summary.interrupted
+
     def flush(items: list[tuple[Task, np.ndarray]]) -> None:
         usable, means, stds = [], [], []
         for task, pixels in items:
@@ -774,21 +782,13 @@ def run(config: DatasetConfig, vgg_params: Params, decoder_params: Params, *,
                     items = pending.pop(ready)
                     held -= len(items)
                     flush(items)
-            stats.seconds = time.perf_counter() - t_start
-            if progress is not None:
-                progress(stats)
-            if should_stop():
-                summary.interrupted = True
+            if reported_and_stopped():
                 break
             t_decode = time.perf_counter()
         if not summary.interrupted:
             for key in sorted(pending):
                 flush(pending[key])
-                stats.seconds = time.perf_counter() - t_start
-                if progress is not None:
-                    progress(stats)
-                if should_stop():
-                    summary.interrupted = True
+                if reported_and_stopped():
                     break
     finally:
         close = getattr(stream, "close", None)
