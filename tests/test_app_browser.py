@@ -135,15 +135,16 @@ def test_gatys_streams_live_updates_and_stops(page, images, tmp_path):
     page.click("#g-start")
     page.wait_for_function("document.getElementById('g-status').dataset.status === 'done'")
     page.screenshot(path=str(tmp_path / "3-gatys-done.png"), full_page=True)
-    assert int(page.get_attribute("#g-image", "data-updates")) >= 2  # live frames before the last
+    assert int(page.get_attribute("#g-image", "data-updates")) >= 1  # at least the final frame was shown
     final = _image_stats(page, "#g-image")
     assert (final["height"], final["width"]) == (32, 45) and final["range"] > 20
     assert page.inner_text("#g-status").startswith("done")
     assert page.is_visible("#g-download")
-    # A long run, stopped after its first live update, keeps its image.
+    # A long run shows several live frames while it runs (a short, warm run can end before the page
+    # fetches a second one, so the count is taken here), and when stopped keeps its image.
     page.fill("#g-iterations", "3000")
     page.click("#g-start")
-    page.wait_for_function("Number(document.getElementById('g-image').dataset.updates) >= 1 && "
+    page.wait_for_function("Number(document.getElementById('g-image').dataset.updates) >= 2 && "
                            "document.getElementById('g-status').dataset.status === 'running'")
     page.screenshot(path=str(tmp_path / "4-gatys-running.png"), full_page=True)
     page.click("#g-stop")
