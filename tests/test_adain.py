@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 
 from nst_jax import adain, losses, weights
 from nst_jax.errors import ConfigError, InputImageError, WeightsError
@@ -298,3 +299,49 @@ def test_stylize_rejects_bad_inputs(nets, ref):
                                  "bias": np.zeros(8, np.float32)})
     with pytest.raises(WeightsError, match="takes 32 channels.*gives 16"):
         adain.stylize(nets[0], wide, c, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's up-sampling conv, computed on the small map
+
+
+def _upsample_reflect_conv_numpy(x, kernel, bias):
+    """Reference in float64 numpy: nearest x2, reflection pad 1, 3x3 correlation, bias (PyTorch's order)."""
+    up = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    padded = np.pad(up, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    h, w = up.shape[1:3]
+    out = sum(np.einsum("nhwc,co->nhwo", padded[:, a: a + h, b: b + w], kernel[a, b])
+              for a in range(3) for b in range(3))
+    return out + bias
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 3), (2, 5), (7, 4)])
+def test_upsample_conv_equals_upsampling_then_reflect_conv(hw):
+    rng = np.random.default_rng(sum(hw))
+    x = rng.standard_normal((2, *hw, 5))
+    kernel, bias = rng.standard_normal((3, 3, 5, 4)), rng.standard_normal(4)
+    expected = _upsample_reflect_conv_numpy(x, kernel, bias)
+    got = jax.jit(adain.upsample_conv)(jnp.asarray(x, jnp.float32),
+                                       {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)})
+    assert got.shape == (2, 2 * hw[0], 2 * hw[1], 4)
+    # float32 sums of 45 products (combined kernel taps): a few float32 epsilons of the terms' magnitude.
+    terms = sum(np.einsum("nhwc,co->nhwo", np.abs(np.repeat(np.repeat(x, 2, 1), 2, 2)), np.abs(kernel[a, b]))
+                for a in range(3) for b in range(3)).max()
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=64 * np.finfo(np.float32).eps * terms)
+
+
+def test_upsample_conv_gradients():
+    rng = np.random.default_rng(3)
+    jax.config.update("jax_enable_x64", True)
+    try:
+        x = jnp.asarray(rng.standard_normal((1, 3, 2, 2)))
+        kernel, bias = jnp.asarray(rng.standard_normal((3, 3, 2, 3))), jnp.asarray(rng.standard_normal(3))
+        check_grads(lambda x, k: adain.upsample_conv(x, {"kernel": k, "bias": bias}), (x, kernel),
+                                  order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def test_upsample_conv_refuses_other_kernel_sizes():
+    with pytest.raises(ValueError, match="3x3"):
+        adain.upsample_conv(jnp.zeros((1, 2, 2, 1)), {"kernel": jnp.zeros((5, 5, 1, 1)), "bias": jnp.zeros(1)})
