@@ -367,9 +367,18 @@ def prepare_inputs(
                                        space=config.color_space) for s in styles]
     new_content = prepared[0][0]
     new_styles = [s for _, s in prepared]
-    if config.color == "luminance" and init is not None:
-        init = colormod.to_luminance_rgb(jnp.clip(colormod.luminance(init, config.color_space), 0.0, 1.0))
-    return new_content, new_styles[0] if single else new_styles, init
+    return new_content, new_styles[0] if single else new_styles, None if init is None else prepare_image(init, config)
+
+
+def prepare_image(image: Array, config: GatysConfig) -> Array:
+    """An image in the space the optimizer works in under ``config.color`` (what :func:`prepare_inputs`
+    does to ``init``): in luminance mode the gray RGB image of its luminance, else unchanged.
+
+    Applied to an output of :func:`finish_output` it gives back the optimized image up to clipping.
+    """
+    if config.color != "luminance":
+        return image
+    return colormod.to_luminance_rgb(jnp.clip(colormod.luminance(image, config.color_space), 0.0, 1.0))
 
 
 def finish_output(image: Array, content: Array, config: GatysConfig) -> Array:

@@ -67,8 +67,11 @@ def check_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
-def level_iterations(levels: int, iterations: Sequence[int] | int | None = None) -> tuple[int, ...]:
+def level_iterations(levels: int, iterations: Sequence[int] | int | None = None,
+                     flag: str = "--iterations") -> tuple[int, ...]:
     """Iterations per level: the report's 600 then 100s by default; one number applies to all.
+
+    ``flag`` names the option in error messages (``--video-iterations`` for later video frames).
 
     Raises:
       ConfigError: a list whose length is neither 1 nor ``levels``, or a negative count.
@@ -77,11 +80,11 @@ def level_iterations(levels: int, iterations: Sequence[int] | int | None = None)
         return (FIRST_LEVEL_ITERATIONS,) + (LATER_LEVEL_ITERATIONS,) * (levels - 1)
     its = (int(iterations),) if np.ndim(iterations) == 0 else tuple(int(i) for i in iterations)
     if any(i < 0 for i in its):
-        raise ConfigError(f"--iterations must be >= 0, got {','.join(map(str, its))}")
+        raise ConfigError(f"{flag} must be >= 0, got {','.join(map(str, its))}")
     if len(its) == 1:
         return its * levels
     if len(its) != levels:
-        raise ConfigError(f"--iterations has {len(its)} values for {levels} levels; give one number, "
+        raise ConfigError(f"{flag} has {len(its)} values for {levels} levels; give one number, "
                           "or one per --sizes entry")
     return its
 
@@ -124,7 +127,7 @@ def run_multiscale(
     *,
     sizes: Sequence[int],
     iterations: Sequence[int] | int | None = None,
-    style_scale: float = 1.0,
+    style_scale: float | Sequence[float] = 1.0,
     key: jax.Array | None = None,
     init: np.ndarray | None = None,
     blend_weights: Sequence[float] | None = None,
@@ -145,7 +148,7 @@ def run_multiscale(
       weights: loss weights (shared by all levels).
       sizes: output height of each level, increasing; the last is the output's.
       iterations: per level (see :func:`level_iterations`).
-      style_scale: style height relative to the level's size.
+      style_scale: style height relative to the level's size, one number or one per style.
       key: PRNG key of the init noise (only the first level adds noise; later ones start from the
         previous result).
       init: source starting image for ``config.init == "image"`` (first level only).
@@ -175,6 +178,7 @@ def run_multiscale(
     if key is None:
         key = jax.random.key(0)
     content = np.asarray(content, np.float32)
+    scales = np.broadcast_to(np.asarray(style_scale, np.float64), (len(styles),)).tolist()
     # The runner sees colour-prepared images; colour is handled here so any runner gets it.
     plain = dataclasses.replace(config, color="none")
     levels: list[Level] = []
@@ -184,8 +188,7 @@ def run_multiscale(
         t0 = time.perf_counter()
         level_content = _resize_to(content, size)
         h, w = level_content.shape[:2]
-        style_height = max(int(round(size * style_scale)), 1)
-        level_styles = [_resize_to(s, style_height)[None] for s in styles]
+        level_styles = [_resize_to(s, max(int(round(size * scale)), 1))[None] for s, scale in zip(styles, scales)]
         level_style_masks = None
         if style_masks is not None:
             level_style_masks = [None if m is None else np.asarray(guides.resize_masks(
