@@ -5,7 +5,10 @@ the stylized frame t-1 warped by the optical flow (:mod:`nst_jax.flow`), and a t
 ``temporal_weight * 1/D sum_k c_k (x_k - w_k)^2`` (their eq. 7, D = H W C) pulls it toward that
 warped frame where forward and backward flow agree (c = 1). The first frame gets the full
 ``config.iterations``, later ones ``video_iterations``. The per-frame step :func:`stylize_frame`
-is pure and jittable; :func:`run_gatys` is the host loop over frames.
+is pure and jittable; :func:`run_gatys` is the host loop over frames: every frame runs the
+coarse-to-fine loop of :mod:`nst_jax.multiscale` (one level by default) with :func:`run_frame`, the
+driver-stepped frame, as its runner, so colour control and coarse to fine work per frame as for a
+still image.
 
 Example (research API)::
 
@@ -13,7 +16,7 @@ Example (research API)::
     out0, _ = video_style.stylize_frame(None, None, frames[0], params, targets, weights, config)
     back, fwd = flow.flows(frames[0], frames[1])
     mask = flow.consistency_mask(back, fwd)
-    out1, _ = video_style.stylize_frame(flow.warp(out0, back), mask, frames[1], params, targets,
+    out1, _ = video_style.stylize_frame(flow.warp(out0[0], back), mask, frames[1], params, targets,
                                         weights, config, temporal_weight=1e2, iterations=100)
 
 AdaIN (Huang and Belongie 2017) frames are stylized in batches by one compiled program per frame
@@ -35,11 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import adain, flow, gatys, losses, solvers, vgg
+from nst_jax import adain, driver, flow, gatys, losses, multiscale, solvers, vgg
 from nst_jax.errors import ConfigError, check_choice
 
 Array = jax.Array
 VIDEO_MODES: tuple[str, ...] = ("temporal", "warm", "independent")
+DEFAULT_TEMPORAL_WEIGHT = 100.0
+DEFAULT_VIDEO_ITERATIONS = 100
 
 
 def _make_solver(fun, config: gatys.GatysConfig) -> solvers.Solver:
@@ -111,59 +116,107 @@ def stylize_frame(prev_warped: Array | None, mask: Array | None, frame: Array, p
     return x, frame_objective(x, *args, config)
 
 
+# ----------------------------------------------------------------------------------------------
+# The host side: one frame through the driver, every frame through the coarse-to-fine loop.
+
+
+def frame_terms(image, params, targets, weights, warped, mask, temporal_weight, config) -> dict[str, Array]:
+    """:func:`nst_jax.gatys.loss_terms` plus ``temporal`` (:func:`temporal_loss`, unweighted) and
+    ``temporal_weighted``, with ``total`` including it (the value :func:`frame_objective` minimizes)."""
+    terms = gatys.loss_terms(image, params, targets, weights, config)
+    t = temporal_loss(image[0], warped, mask)
+    tw = temporal_weight * t
+    return {**terms, "temporal": t, "temporal_weighted": tw, "total": terms["total"] + tw}
+
+
 def _program_config(config: gatys.GatysConfig) -> gatys.GatysConfig:
-    """``config`` without what the compiled per-frame programs do not depend on.
+    """``config`` without the fields no compiled frame program depends on: the start (``init``,
+    ``init_noise``: the image is made outside) and, through :func:`nst_jax.driver.program_key`, the
+    iteration count and colour control. The first frame and the later ones share one program."""
+    default = gatys.GatysConfig()
+    return driver.program_key(dataclasses.replace(config, init=default.init, init_noise=default.init_noise))[0]
 
-    Neither the iteration count (traced) nor the colour mode (applied outside the optimization)
-    is part of a program, so configs that differ only there share one compilation.
+
+def _build_program(config: gatys.GatysConfig, chunk: int) -> driver.Program:
+    solver = gatys.solver_for(functools.partial(frame_objective, config=config), config)
+    return driver.build_program(solver, functools.partial(frame_terms, config=config), chunk)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_program(config: gatys.GatysConfig):
+    return jax.jit(lambda params, frame: content_features(params, frame, config))
+
+
+@functools.lru_cache(maxsize=8)
+def _targets_program(config: gatys.GatysConfig, blend: tuple[float, ...] | None):
+    return jax.jit(lambda params, frame, styles: style_targets(params, frame, list(styles), config, blend))
+
+
+def _resized(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    from nst_jax import image as imageio
+
+    return imageio.resize(np.asarray(image, np.float32), height=h, width=w)
+
+
+def run_frame(params: vgg.Params, content: Array, style, config: gatys.GatysConfig = gatys.GatysConfig(),
+              weights: gatys.LossWeights | None = None, *, key: Array | None = None, init: Array | None = None,
+              blend_weights: Sequence[float] | None = None, chunk: int = gatys.DEFAULT_CHUNK,
+              callback: Callable | None = None, snapshot_every: int = 0, warped: np.ndarray | None = None,
+              mask: np.ndarray | None = None, temporal_weight: float = 0.0,
+              style_grams: dict | None = None) -> driver.RunResult:
+    """:func:`nst_jax.gatys.run` for one frame: the Gatys objective plus ``temporal_weight`` times
+    :func:`temporal_loss` toward ``warped`` on ``mask``, stepped by the driver (:func:`nst_jax.driver.drive`).
+
+    It has the runner contract of :func:`nst_jax.multiscale.run_multiscale`, which calls it once per
+    level with the keywords below bound (``functools.partial``); every level resizes ``warped`` and
+    ``mask`` to its own size.
+
+    Args:
+      content, style, config, weights, key, init, blend_weights, chunk, callback, snapshot_every: as
+        for :func:`nst_jax.gatys.run`.
+      warped: (H, W, 3) previous stylized frame warped onto this one, in the optimizer's colour space
+        (:func:`nst_jax.gatys.prepare_image`), at any size (resized bicubically to the content's);
+        None: no temporal loss.
+      mask: (H, W) consistency weights in [0, 1] of ``warped`` (:func:`nst_jax.flow.consistency_mask`),
+        resized the same way (so a coarse level weights a pixel by the consistent share of its area).
+      temporal_weight: the temporal loss weight (traced: changing it does not recompile).
+      style_grams: a cache of the style Gram matrices by frame size, shared by the frames of a clip:
+        the first frame fills it from its ``style`` (its colour preparation, see :func:`run_gatys`),
+        later frames reuse them. None: computed from ``style`` every call.
+
+    Returns:
+      :class:`nst_jax.driver.RunResult`; its ``terms`` add ``temporal`` and ``temporal_weighted``.
     """
-    return dataclasses.replace(config, iterations=0, color="none", color_space="ycbcr", color_transform="eig")
-
-
-def frame_program(config: gatys.GatysConfig, first: bool):
-    """The compiled :func:`stylize_frame` for ``config`` (cached; iterations and colour are not static).
-
-    ``first=True``: ``(frame, params, targets, weights, iterations)``, started from ``config.init``;
-    else ``(warped, mask, frame, params, targets, weights, temporal_weight, iterations)``.
-
-    Both run ONE compiled optimization: the first frame is the later-frame program started from
-    ``gatys.initial_image`` with an all-zero mask and temporal weight 0, which is exactly what
-    :func:`stylize_frame` does for ``prev_warped=None`` (the same objective, start and solver), so a
-    clip compiles the expensive solver loop once, not twice.
-    """
-    config = _program_config(config)
-    step = _frame_program(config)
-    if not first:
-        return step
-    start = _initial_program(config)
-
-    def first_frame(frame, params, targets, weights, iterations):
-        x0 = start(frame)
-        return step(x0[0], jnp.zeros(frame.shape[1:3], jnp.float32), frame, params, targets, weights, 0.0,
-                    iterations)
-
-    return first_frame
-
-
-@functools.lru_cache(maxsize=8)
-def _frame_program(config: gatys.GatysConfig):
-    return jax.jit(lambda warped, mask, frame, params, targets, weights, tw, iterations: stylize_frame(
-        warped, mask, frame, params, targets, weights, config, temporal_weight=tw, iterations=iterations))
-
-
-@functools.lru_cache(maxsize=8)
-def _initial_program(config: gatys.GatysConfig):
-    return jax.jit(lambda frame: gatys.initial_image(frame, config, jax.random.key(0)))
-
-
-@functools.lru_cache(maxsize=8)
-def _style_terms_program(config: gatys.GatysConfig):
-    return jax.jit(lambda x, params, targets, weights: gatys.loss_terms(
-        x, params, targets._replace(content=content_features(params, x, config)), weights, config))
-
-
-def _style_terms(x, params, targets, weights, config):
-    return _style_terms_program(_program_config(config))(x, params, targets, weights)
+    if weights is None:
+        weights = gatys.loss_weights(config)
+    if key is None:
+        key = jax.random.key(0)
+    original = content
+    content, style, init = gatys.prepare_inputs(content, style, config, init)
+    h, w = content.shape[1:3]
+    program_config = _program_config(config)
+    grams = None if style_grams is None else style_grams.get((h, w))
+    if grams is None:
+        styles = tuple(style) if isinstance(style, (list, tuple)) else (style,)
+        blend = None if blend_weights is None else tuple(float(b) for b in blend_weights)
+        grams = _targets_program(program_config, blend)(params, content, styles).style_grams
+        if style_grams is not None:
+            style_grams[(h, w)] = grams
+    targets = gatys.Targets(_content_program(program_config)(params, content), grams)
+    if warped is None:
+        warped_l, mask_l, temporal_weight = np.zeros((h, w, 3), np.float32), np.zeros((h, w), np.float32), 0.0
+    else:
+        warped_l = _resized(warped, h, w)
+        ones = np.ones((h, w), np.float32)
+        mask_l = ones if mask is None else _resized(np.asarray(mask, np.float32)[..., None], h, w)[..., 0]
+    x = gatys.initial_image(content, config, key, init)
+    prog = driver.program(driver.program_key(program_config, "gatys-video", chunk),
+                          lambda c: _build_program(c, chunk))
+    args = (params, targets, weights, jnp.asarray(warped_l), jnp.asarray(mask_l),
+            jnp.asarray(temporal_weight, jnp.float32))
+    return driver.drive(prog, x, args, iterations=config.iterations, chunk=chunk, snapshot_every=snapshot_every,
+                        callback=callback,
+                        finish=driver.finisher(original, color=config.color, color_space=config.color_space))
 
 
 @jax.jit
@@ -178,70 +231,118 @@ class VideoResult(NamedTuple):
     frames: int  # frames written
     seconds_per_frame: float  # median wall time per frame after the first (compiling) one
     temporal_error: float | None  # mean over frames t >= 1 of flow.temporal_error, None for 1 frame
-    style_loss: float  # mean unweighted style loss over frames (Gatys), nan for AdaIN
+    style_loss: float  # mean unweighted style loss over frames (Gatys, finest level), nan for AdaIN
     interrupted: bool
     first_frame_seconds: float
 
 
+def video_sizes(sizes: Sequence[int] | None, height: int) -> tuple[int, ...]:
+    """The level heights of a clip whose frames are ``height`` pixels high: ``(height,)`` without
+    ``sizes``, else ``sizes`` checked (:func:`nst_jax.multiscale.check_sizes`) and ending at ``height``.
+
+    Raises:
+      ConfigError: bad sizes, or the last one is not the frame height.
+    """
+    if sizes is None:
+        return (int(height),)
+    sizes = multiscale.check_sizes(sizes)
+    if sizes[-1] != height:
+        raise ConfigError(f"the last of --sizes ({sizes[-1]}) must be the frame height ({height}); the frames "
+                          "are decoded at the finest level's size")
+    return sizes
+
+
 def run_gatys(params: vgg.Params, frames: Iterable[np.ndarray], style, config: gatys.GatysConfig,
-              weights: gatys.LossWeights | None = None, *, video_iterations: int = 100,
-              temporal_weight: float = 1e2, mode: str = "temporal", flow_method: str = "dis",
+              weights: gatys.LossWeights | None = None, *,
+              video_iterations: int | Sequence[int] = DEFAULT_VIDEO_ITERATIONS,
+              temporal_weight: float = DEFAULT_TEMPORAL_WEIGHT, mode: str = "temporal", flow_method: str = "dis",
               blend_weights: Sequence[float] | None = None,
-              on_frame: Callable[[int, np.ndarray], None] | None = None) -> VideoResult:
+              on_frame: Callable[[int, np.ndarray], None] | None = None,
+              sizes: Sequence[int] | None = None, iterations: int | Sequence[int] | None = None,
+              style_scale: float | None = None, key: Array | None = None,
+              chunk: int = gatys.DEFAULT_CHUNK) -> VideoResult:
     """Host loop of Ruder et al. (2016) over ``frames`` ((H, W, 3) float arrays in [0, 1]).
+
+    Every frame runs :func:`nst_jax.multiscale.run_multiscale` (one level without ``sizes``) with
+    :func:`run_frame` as the runner, so colour control and coarse to fine work as for a still image.
+    The first frame starts from ``config.init``; frame t >= 1 starts its coarsest level from frame
+    t-1's output warped by the backward flow (computed once per frame pair, at the frame size, and
+    resized to the level), every level's temporal loss pulls toward that warped frame on the
+    consistency mask resized to the level, and every finer level starts from the coarser result
+    upsampled. Deviation: colour modes that depend on the content (style recoloured to it, luminance
+    matched to it) take the style's Gram matrices from the first frame for the whole clip, so that
+    the style targets do not change from frame to frame.
 
     ``on_frame(index, image)`` receives each stylized frame (colour restored, clipped) as soon as
     it is done (the caller writes it). Ctrl-C (KeyboardInterrupt, also from ``on_frame``) stops
-    after the current frame; the result says ``interrupted``.
+    after the last finished frame; the result says ``interrupted``.
 
     Args:
       mode: ``"temporal"`` (warm start + temporal loss), ``"warm"`` (warm start from the warped
-        previous frame only) or ``"independent"`` (every frame from ``config.init``, full
-        ``config.iterations``: the baseline).
-      video_iterations: iterations of frames after the first (``temporal`` and ``warm``).
+        previous frame only) or ``"independent"`` (every frame from ``config.init`` with the first
+        frame's iterations: the baseline).
+      video_iterations: iterations of frames after the first (``temporal`` and ``warm``): one number
+        for every level or one per level.
       temporal_weight: weight of the temporal loss relative to the Gatys objective.
+      sizes: level heights, coarse to fine, the last one the frames' height (:func:`video_sizes`).
+      iterations: iterations of the first frame, one number for every level or one per level;
+        default ``config.iterations`` at every level.
+      style_scale: style height relative to each level's height (as ``nst-gatys --style-scale``);
+        default: every style keeps its own height at the finest level and is scaled with the frame
+        at coarser ones.
+      key: PRNG key of the first frame's init noise (default ``jax.random.key(0)``).
+      chunk: iterations per compiled call (:func:`nst_jax.driver.drive`).
     """
     check_choice("video mode", mode, VIDEO_MODES)
-    if video_iterations < 0 or not np.isfinite(temporal_weight) or temporal_weight < 0:
-        raise ConfigError(f"--video-iterations must be >= 0 and --temporal-weight finite and >= 0, got "
-                          f"{video_iterations} and {temporal_weight}")
+    if not np.isfinite(temporal_weight) or temporal_weight < 0:
+        raise ConfigError(f"--temporal-weight must be finite and >= 0, got {temporal_weight}")
     weights = gatys.loss_weights(config) if weights is None else weights
-    first_prog, next_prog = frame_program(config, True), frame_program(config, False)
-    targets = None
-    prev_frame = prev_x = prev_out = None
+    key = jax.random.key(0) if key is None else key
+    styles = [np.asarray(s, np.float32).reshape(np.shape(s)[-3:]) for s in
+              (style if isinstance(style, (list, tuple)) else [style])]
+    n_levels = 1 if sizes is None else len(multiscale.check_sizes(sizes))
+    first_its = multiscale.level_iterations(n_levels, config.iterations if iterations is None else iterations)
+    later_its = multiscale.level_iterations(n_levels, video_iterations, "--video-iterations")
+    style_grams: dict = {}  # filled by the first frame's levels
+    levels = scales = None
+    prev_frame = prev_out = None
     seconds, errors, style_losses = [], [], []
     done, interrupted = 0, False
     try:
         for index, frame in enumerate(frames):
             t0 = time.perf_counter()
-            original = jnp.asarray(frame, jnp.float32)[None]
-            prepared, prepared_style, _ = gatys.prepare_inputs(original, style, config)
-            if targets is None:
-                # Deviation: colour modes that depend on the content (style recoloured to it,
-                # luminance matched to it) use the first frame for the whole clip, so that the
-                # style targets do not change from frame to frame.
-                targets = style_targets(params, prepared, prepared_style, config, blend_weights)
-            back = fwd = None
-            if prev_frame is not None:
-                back, fwd = flow.flows(prev_frame, np.asarray(frame), flow_method)
-            if prev_x is None or mode == "independent":
-                x, _ = first_prog(prepared, params, targets, weights, config.iterations)
-            else:
-                warped, mask = _mask_and_warp(prev_x[0], back, fwd)
-                tw = temporal_weight if mode == "temporal" else 0.0
-                x, _ = next_prog(warped, mask, prepared, params, targets, weights, tw, video_iterations)
-            out = gatys.finish_output(x, original, config)[0]
-            terms = _style_terms(x, params, targets, weights, config)
-            style_losses.append(float(terms["style"]))
+            frame = np.asarray(frame, np.float32)
+            if levels is None:
+                levels = video_sizes(sizes, frame.shape[0])
+                scales = ([s.shape[0] / levels[-1] for s in styles] if style_scale is None
+                          else [style_scale] * len(styles))
+            level_config, its, init, warped, mask = config, first_its, None, None, None
             if prev_out is not None:
-                _, mask = _mask_and_warp(prev_out, back, fwd)
+                back, fwd = flow.flows(prev_frame, frame, flow_method)
+                warped_out, mask = _mask_and_warp(jnp.asarray(prev_out), back, fwd)
+                if mode != "independent":
+                    # The start (and the temporal target) in the optimizer's colour space.
+                    warped = np.asarray(gatys.prepare_image(warped_out, config))
+                    level_config, its, init = dataclasses.replace(config, init="image"), later_its, warped
+            tw = temporal_weight if mode == "temporal" and warped is not None else 0.0
+            runner = functools.partial(run_frame, warped=warped if tw > 0 else None,
+                                       mask=None if mask is None else np.asarray(mask), temporal_weight=tw,
+                                       style_grams=style_grams)
+            ms = multiscale.run_multiscale(params, frame, styles, level_config, weights, sizes=levels,
+                                           iterations=its, style_scale=scales, key=key, init=init,
+                                           blend_weights=blend_weights, chunk=chunk, runner=runner)
+            if ms.interrupted:  # Ctrl-C inside the optimization: this frame is not finished
+                interrupted = True
+                break
+            out = ms.result.image
+            style_losses.append(ms.result.terms["style"])
+            if prev_out is not None:
                 errors.append(float(_temporal_error(out, prev_out, back, mask)))
-            out_np = np.asarray(jax.device_get(out))
             seconds.append(time.perf_counter() - t0)
             if on_frame is not None:
-                on_frame(index, out_np)
+                on_frame(index, out)
             done += 1
-            prev_frame, prev_x, prev_out = np.asarray(frame), x, out
+            prev_frame, prev_out = frame, out
     except KeyboardInterrupt:
         interrupted = True
     return VideoResult(done, float(np.median(seconds[1:])) if len(seconds) > 1 else float("nan"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import jax
@@ -16,10 +17,13 @@ from nst_jax import adain, gatys, image, video_style, weights  # noqa: E402
 from nst_jax.errors import ConfigError  # noqa: E402
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-# One tiny frame size and one program config for every Gatys test here (and the CLI tests): the
-# per-frame program is compiled once per (config without iterations/colour, frame size).
-CONFIG = gatys.GatysConfig(iterations=20)
-H, W = 32, 48  # the temporal-loss claim below needs this much image (at 24x32 style loss is 1.3x)
+# One program config and two tiny frame sizes for every Gatys test here (and the Gatys CLI tests,
+# tests/cli/test_video_cli.py): the per-frame programs are compiled once per (config without
+# iterations/colour/init, frame size), and compiling dominates these tests. The shallow layers
+# compile in half the time of the default ones and allow frames down to 4 px.
+CONFIG = gatys.GatysConfig(iterations=20, content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+H, W = 16, 24
+FINE = (24, 36)  # the finer level of the coarse-to-fine tests, whose coarse level is H x W
 
 
 @pytest.fixture(scope="module")
@@ -41,41 +45,93 @@ def test_temporal_loss_closed_form():
     assert float(video_style.temporal_loss(x, w, mask)) == pytest.approx(9 / 18)
 
 
+def _frame_targets(params, frame, style):
+    targets = video_style.style_targets(params, frame, style, CONFIG)
+    return targets._replace(content=video_style.content_features(params, frame, CONFIG))
+
+
 def test_stylize_frame_zero_iterations_returns_the_warped_start(narrow_vgg19, style):
+    """The research API's pure step: from the warped frame, where the temporal term is 0."""
     frame = jnp.asarray(_clips.pan_frames(1, h=H, w=W)[0])[None]
     targets = video_style.style_targets(narrow_vgg19, frame, style, CONFIG)
     warped = jnp.full((H, W, 3), 0.25)
-    prog = video_style.frame_program(CONFIG, first=False)  # the program run_gatys uses
     w = gatys.loss_weights(CONFIG)
-    x, loss = prog(warped, jnp.ones((H, W)), frame, narrow_vgg19, targets, w, 1.0, 0)
+    x, loss = jax.jit(video_style.stylize_frame, static_argnames="config")(
+        warped, jnp.ones((H, W)), frame, narrow_vgg19, targets, w, config=CONFIG, temporal_weight=1.0, iterations=0)
     np.testing.assert_array_equal(x[0], warped)
-    # The first frame runs the same program from gatys.initial_image (zero mask, temporal weight 0).
-    x0, loss0 = video_style.frame_program(CONFIG, first=True)(frame, narrow_vgg19, targets, w, 0)
-    # content + noise: the compiled program may fuse the sum differently (an ulp or two of values <= ~1).
-    np.testing.assert_allclose(x0, gatys.initial_image(frame, CONFIG, jax.random.key(0)), rtol=0,
-                               atol=4 * np.finfo(np.float32).eps)
-    np.testing.assert_allclose(loss0, gatys.objective(x0, narrow_vgg19, targets._replace(
-        content=video_style.content_features(narrow_vgg19, frame, CONFIG)), w, CONFIG), rtol=1e-5)
-    expected = gatys.objective(x, narrow_vgg19, targets._replace(
-        content=video_style.content_features(narrow_vgg19, frame, CONFIG)), gatys.loss_weights(CONFIG), CONFIG)
-    np.testing.assert_allclose(loss, expected, rtol=1e-5)  # temporal term is 0 at the warped frame
-    # A dominant temporal weight holds the consistent pixels at the warped frame.
-    mask = jnp.zeros((H, W)).at[:, :W // 2].set(1.0)
-    free, _ = prog(warped, mask, frame, narrow_vgg19, targets, w, 0.0, 5)
-    held, _ = prog(warped, mask, frame, narrow_vgg19, targets, w, 1e6, 5)
-    moved = lambda x, cols: float(jnp.mean(jnp.abs(x[0, :, cols] - warped[:, cols])))  # noqa: E731
-    assert moved(held, slice(0, W // 2)) < 0.1 * moved(free, slice(0, W // 2))
+    expected = gatys.objective(x, narrow_vgg19, _frame_targets(narrow_vgg19, frame, style), w, CONFIG)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
 
 
-def test_temporal_loss_lowers_flicker_at_similar_style_loss(narrow_vgg19, style):
-    """Ruder et al.'s claim on a tiny pan: >= 2x lower temporal error, style loss within 1.2x."""
+def test_run_frame_resizes_the_temporal_target_and_mask_to_its_level(narrow_vgg19, style):
+    """The driver-stepped frame (run_gatys' runner) at a coarse level: target and mask resized to it."""
+    frame = _clips.pan_frames(1, h=H, w=W)[0]
+    fine = np.linspace(0.1, 0.9, FINE[0] * FINE[1] * 3, dtype=np.float32).reshape(*FINE, 3)
+    mask = np.zeros(FINE, np.float32)
+    mask[:, :FINE[1] // 2] = 1.0  # left half consistent
+    target, mask_l = image.resize(fine, H, W), image.resize(mask[..., None], H, W)[..., 0]
+    start = jnp.full((1, H, W, 3), 0.5)
+    config = dataclasses.replace(CONFIG, init="image", iterations=0)
+    kw = dict(warped=fine, mask=mask, temporal_weight=3.0)
+    r = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config, init=start, **kw)
+    np.testing.assert_array_equal(r.image, start[0])
+    # Independent of the program: 1/D sum c (x - w)^2 at the level's size.
+    assert r.terms["temporal"] == pytest.approx(float(np.mean(mask_l[..., None] * (0.5 - target) ** 2)), rel=1e-5)
+    assert r.terms["total"] == pytest.approx(r.terms["content_weighted"] + r.terms["style_weighted"]
+                                             + r.terms["tv_weighted"] + 3.0 * r.terms["temporal"], rel=1e-5)
+    at_target = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config,
+                                      init=jnp.asarray(target)[None], **kw)
+    assert at_target.terms["temporal"] == 0.0
+    # A dominant temporal weight holds the consistent (left) pixels at the target; 0 lets them move.
+    config = dataclasses.replace(config, iterations=5)
+    moved = {}
+    for tw in (0.0, 1e6):
+        x = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config, init=start,
+                                  **{**kw, "temporal_weight": tw}).image
+        moved[tw] = float(np.mean(np.abs(x[:, :W // 2 - 2] - target[:, :W // 2 - 2])))
+    assert moved[1e6] < 0.1 * moved[0.0]
+
+
+@pytest.fixture(scope="module")
+def pan_runs(narrow_vgg19, style):
+    """Independent frames vs warm start + temporal loss on a tiny pan, outputs kept."""
     frames = _clips.pan_frames(4, h=H, w=W)
-    common = dict(video_iterations=10, temporal_weight=100.0)
-    ind = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode="independent", **common)
-    tmp = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode="temporal", **common)
+    runs = {}
+    for mode in ("independent", "temporal"):
+        outs = []
+        r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode=mode, video_iterations=10,
+                                  temporal_weight=100.0, on_frame=lambda i, img: outs.append(img))
+        runs[mode] = (r, outs)
+    return frames, runs
+
+
+def test_temporal_loss_lowers_flicker_at_similar_style_loss(pan_runs):
+    """Ruder et al.'s claim on a tiny pan: >= 2x lower temporal error, style loss within 1.2x."""
+    _, runs = pan_runs
+    ind, tmp = runs["independent"][0], runs["temporal"][0]
     assert ind.frames == tmp.frames == 4
     assert tmp.temporal_error * 2 <= ind.temporal_error
     assert tmp.style_loss <= 1.2 * ind.style_loss
+
+
+def test_histogram_colour_is_the_style_recoloured_to_the_first_frame(narrow_vgg19, style, pan_runs):
+    """--color histogram on a clip = the style recoloured to the first frame's colours, for every frame."""
+    from nst_jax import color
+
+    frames, runs = pan_runs
+    config = dataclasses.replace(CONFIG, color="histogram")
+    outs = []
+    video_style.run_gatys(narrow_vgg19, frames, style, config, video_iterations=10, temporal_weight=100.0,
+                          on_frame=lambda i, img: outs.append(img))
+    recoloured = color.match_color(style, jnp.asarray(frames[0])[None], "eig", 1e-5, clip=True)
+    ref = []
+    video_style.run_gatys(narrow_vgg19, frames, recoloured, CONFIG, video_iterations=10, temporal_weight=100.0,
+                          on_frame=lambda i, img: ref.append(img))
+    assert len(outs) == len(ref) == 4
+    # The same compiled programs on the same inputs; float noise of the eager recolouring at most.
+    np.testing.assert_allclose(np.stack(outs), np.stack(ref), atol=1e-4)
+    # ...and not the plain run: the recolouring changed the result.
+    assert np.abs(np.stack(outs) - np.stack(runs["temporal"][1])).mean() > 1e-3
 
 
 def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, style):
@@ -92,19 +148,73 @@ def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, style)
     assert written[0].shape == (H, W, 3) and 0 <= written[0].min() and written[0].max() <= 1
 
 
-def test_luminance_colour_keeps_each_frames_chroma(narrow_vgg19, style):
+class _Spy:
+    """Wraps video_style.run_frame: records what every level of every frame was given and returned."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __call__(self, params, content, style, config, weights=None, **kw):
+        result = self.real(params, content, style, config, weights, **kw)
+        self.calls.append({"shape": content.shape[1:3], "iterations": config.iterations, "init": kw["init"],
+                           "warped": kw["warped"], "mask": kw["mask"], "tw": kw["temporal_weight"],
+                           "image": result.image})
+        return result
+
+
+def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_vgg19, style, monkeypatch):
+    from nst_jax import flow
+
+    spy = _Spy(video_style.run_frame)
+    monkeypatch.setattr(video_style, "run_frame", spy)
+    frames = _clips.zoom_frames(3, h=FINE[0], w=FINE[1])
+    outs = []
+    r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, sizes=(H, FINE[0]), iterations=(3, 2),
+                              video_iterations=(2, 1), temporal_weight=50.0, on_frame=lambda i, img: outs.append(img))
+    assert r.frames == 3 and [o.shape for o in outs] == [FINE + (3,)] * 3
+    calls = [spy.calls[2 * t:2 * t + 2] for t in range(3)]
+    assert [[(c["shape"], c["iterations"]) for c in frame] for frame in calls] == (
+        [[((H, W), 3), (FINE, 2)]] + [[((H, W), 2), (FINE, 1)]] * 2)
+    # Frame 0: the coarse level from the content (config.init), no temporal loss.
+    assert calls[0][0]["init"] is None and calls[0][0]["warped"] is None and calls[0][0]["tw"] == 0.0
+    for t, (coarse, fine) in enumerate(calls):
+        # Every finer level starts from the coarser result upsampled (as multiscale does).
+        np.testing.assert_allclose(fine["init"][0], image.resize(coarse["image"], *FINE), atol=1e-6)
+        if t == 0:
+            continue
+        # Frame t: flow at the finest size, the previous output warped by it, then resized to the level.
+        back, fwd = flow.flows(frames[t - 1], frames[t])
+        warped, mask = map(np.asarray, video_style._mask_and_warp(outs[t - 1], back, fwd))  # tests/test_flow.py
+        assert mask.mean() > 0.5  # a zoom in: most pixels are consistent
+        np.testing.assert_allclose(coarse["init"][0], image.resize(warped, H, W), atol=1e-5)
+        for level in (coarse, fine):  # each level's temporal loss: the warped frame and mask (resized there)
+            np.testing.assert_allclose(level["warped"], warped, atol=1e-5)
+            np.testing.assert_array_equal(level["mask"], mask)
+            assert level["tw"] == 50.0
+
+
+def test_luminance_colour_keeps_each_frames_chroma_at_every_level(narrow_vgg19, style):
     from nst_jax import color
 
-    config = gatys.GatysConfig(iterations=3, color="luminance")
+    config = dataclasses.replace(CONFIG, color="luminance")
     out = []
-    frames = _clips.zoom_frames(2, h=H, w=W)
-    video_style.run_gatys(narrow_vgg19, frames, style, config, video_iterations=2,
-                          on_frame=lambda i, img: out.append(img))
+    frames = _clips.zoom_frames(2, h=FINE[0], w=FINE[1])
+    video_style.run_gatys(narrow_vgg19, frames, style, config, sizes=(H, FINE[0]), iterations=3,
+                          video_iterations=2, on_frame=lambda i, img: out.append(img))
     assert len(out) == 2
     for f, o in zip(frames, out):
         # Chroma equals the frame's up to clipping to [0, 1] (few pixels; compare the median).
         diff = np.abs(np.asarray(color.rgb_to_ycbcr(jnp.asarray(o)) - color.rgb_to_ycbcr(jnp.asarray(f))))
         assert np.median(diff[..., 1:]) < 1e-3
+        # ...while the luminance was stylized.
+        assert np.median(diff[..., 0]) > 1e-3
+
+
+def test_command_line_defaults_are_the_librarys():
+    from nst_jax.cli import video as cli_video
+
+    assert cli_video.DEFAULT_TEMPORAL_WEIGHT == video_style.DEFAULT_TEMPORAL_WEIGHT
+    assert cli_video.DEFAULT_VIDEO_ITERATIONS == video_style.DEFAULT_VIDEO_ITERATIONS
 
 
 def test_bad_video_options(narrow_vgg19, style):
@@ -112,6 +222,10 @@ def test_bad_video_options(narrow_vgg19, style):
         video_style.run_gatys(narrow_vgg19, [], style, CONFIG, temporal_weight=-1.0)
     with pytest.raises(ConfigError, match="video mode"):
         video_style.run_gatys(narrow_vgg19, [], style, CONFIG, mode="smooth")
+    with pytest.raises(ConfigError, match="--video-iterations has 3 values for 2 levels"):
+        video_style.run_gatys(narrow_vgg19, [], style, CONFIG, sizes=(H, FINE[0]), video_iterations=(1, 2, 3))
+    with pytest.raises(ConfigError, match="must be the frame height"):
+        video_style.run_gatys(narrow_vgg19, _clips.pan_frames(1, h=H, w=W), style, CONFIG, sizes=(8, 2 * H))
 
 
 def test_adain_frames_without_smoothing_equal_adain_stylize(adain_nets, style):

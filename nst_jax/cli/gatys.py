@@ -153,12 +153,18 @@ class _Plan(NamedTuple):
     style_masks: list[np.ndarray] | None  # (Hs, Ws) per style
 
 
-def _levels(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _check_level_flags(args) -> None:
     if args.sizes is not None and args.size is not None:
         raise ConfigError("give either --size or --sizes, not both (the last of --sizes is the output height)")
     if args.sizes is not None and args.multiscale:
         raise ConfigError("--multiscale picks the levels from --size; drop it when giving --sizes")
-    size = DEFAULT_SIZE if args.size is None else args.size
+
+
+def _levels(args, default_size: int = DEFAULT_SIZE) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(level heights, iterations per level) from --size, --sizes, --multiscale and --iterations;
+    ``default_size`` is the height without --size (a clip's own height for videos)."""
+    _check_level_flags(args)
+    size = default_size if args.size is None else args.size
     if args.sizes is not None:
         sizes = multiscale.check_sizes(args.sizes)
     elif args.multiscale:
@@ -408,17 +414,12 @@ def _close_view(view, status: str, message: str) -> None:
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     compile_cache.enable()  # before the first compile; the library itself never sets it
+    if cli_video.is_video_input(args):
+        return _video_main(args)
     sizes, level_its = _levels(args)
     config = cli.from_args(GatysConfig, args, iterations=level_its[0])
     lw = gatys.loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights,
                             args.tv_weight)
-    if cli_video.is_video_input(args):
-        unsupported = [f for f, v in (("--sizes/--multiscale", args.sizes or args.multiscale),
-                                      ("--content-mask", args.content_mask), ("--tile-size", args.tile_size),
-                                      ("--save-every", args.save_every), ("--init-image", args.init_image)) if v]
-        if unsupported:
-            raise ConfigError(f"{', '.join(unsupported)} cannot be used with a video --content; drop it")
-        return cli_video.gatys(args, config, lw, weights_mod.resolve_weights("vgg19", args.weights))
     runner = _runner(args, config)
     imageio.check_output_path(args.output, bits=args.bits)
     if args.metrics_json:
@@ -491,6 +492,37 @@ def _main(argv=None) -> int:
     print(f"saved {args.output} (loss {result.terms['total']:.4g} after {result.iterations} iterations"
           f"{f' at {sizes[-1]} px, {len(sizes)} levels' if len(sizes) > 1 else ''})", file=sys.stderr)
     return 0
+
+
+def _video_main(args) -> int:
+    """``nst-gatys`` on a clip: every frame runs the levels of a still image (cli/video.py)."""
+    unsupported = [f for f, v in (("--content-mask", args.content_mask), ("--style-mask", args.style_mask),
+                                  ("--tile-size", args.tile_size), ("--save-every", args.save_every),
+                                  ("--init-image", args.init_image), ("--web", args.web)) if v]
+    if unsupported:
+        raise ConfigError(f"{', '.join(unsupported)} cannot be used with a video --content; drop it")
+    if args.init == "image":
+        raise ConfigError("--init image cannot be used with a video --content (later frames start from the "
+                          "previous one); use --init content or noise")
+    # The flag rules before any work; with --multiscale and no --size the levels need the clip's height.
+    _check_level_flags(args)
+    if args.sizes is not None:
+        multiscale.level_iterations(len(multiscale.check_sizes(args.sizes)), args.iterations)
+        if args.video_iterations is not None:
+            multiscale.level_iterations(len(args.sizes), args.video_iterations, "--video-iterations")
+    _check_style_scale(args.style_scale, max(args.sizes or (args.size or 1,)))
+    if args.metrics_json:
+        _check_metrics_path(args.metrics_json)
+    if args.style_blend_weights is not None:
+        if len(args.style_blend_weights) != len(args.style or [None]):
+            raise ConfigError(f"--style-blend-weights has {len(args.style_blend_weights)} values for "
+                              f"{len(args.style or [None])} style images; give one per style")
+        normalized_weights(args.style_blend_weights, "--style-blend-weights")
+    config = cli.from_args(GatysConfig, args, iterations=0)
+    lw = gatys.loss_weights(config, args.content_weight, args.style_weight, args.style_layer_weights,
+                            args.tv_weight)
+    params = weights_mod.resolve_weights("vgg19", args.weights)
+    return cli_video.gatys(args, config, lw, params, functools.partial(_levels, args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,14 +16,18 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from tqdm import tqdm
 
-from nst_jax import cli, files, flow, memory, video
+from nst_jax import cli, files, flow, memory, multiscale, video
 from nst_jax import image as imageio
 from nst_jax.errors import ConfigError, MemoryBudgetError
 
 option = cli.option
+# The library's defaults (nst_jax.video_style), without importing it (it pulls in flax) at every start.
+DEFAULT_TEMPORAL_WEIGHT = 100.0
+DEFAULT_VIDEO_ITERATIONS = 100
 GROUP = ("video", "video (when --content is a clip: .mp4, .mov, .mkv, .webm, .avi, ...)")
 
 
@@ -48,10 +52,13 @@ def is_video_input(args) -> bool:
 class GatysVideoOptions:
     """Flags of ``nst-gatys`` for videos (Ruder et al. 2016)."""
 
-    temporal_weight: float = option(100.0, "weight of the temporal loss toward the previous stylized frame warped "
-                                    "by the optical flow (0: warm start only)", group="video", min=">=0")
-    video_iterations: int = option(100, "iterations of each frame after the first (which gets --iterations)",
-                                   group="video", min=">=0")
+    temporal_weight: float = option(DEFAULT_TEMPORAL_WEIGHT, "weight of the temporal loss toward the previous "
+                                    "stylized frame warped by the optical flow (0: warm start only)", group="video",
+                                    min=">=0")
+    video_iterations: tuple[int, ...] | None = option(
+        None, "iterations of each frame after the first (which gets --iterations): one number for every "
+        "--sizes level (coarse levels cost a fraction of the finest, and start from the warped previous frame) "
+        "or one per level", group="video", min=">=0", default_help=str(DEFAULT_VIDEO_ITERATIONS))
     flow: str = option("dis", "optical flow method", group="video", choices=flow.FLOW_METHODS)
     video: bool = option(False, FRAMES_HELP, group="video")
 
@@ -116,12 +123,20 @@ def _refuse(need: int, budget: int, shape: tuple[int, int], what: str, fix: str)
                                 "you know better")
 
 
-def check_gatys_memory(args, config, params) -> None:
-    """Refuses a clip whose frames (after ``--size``) would not fit, from the header, before decoding."""
+def check_gatys_memory(args, config, params, size: int | None = None) -> None:
+    """Refuses a clip whose frames (at ``size``, the finest level's height; None: the clip's) or
+    style images (their height times --style-scale, one forward pass) would not fit, from the
+    headers, before any frame is decoded."""
     budget = _budget(args)
     need, shape = max((memory.gatys_bytes(h, w, params, config), (h, w)) for h, w in
-                      _frame_shapes(args.content, args.size))
+                      _frame_shapes(args.content, size))
     _refuse(need, budget, shape, "frames", "lower --size, add --remat or --dtype bfloat16")
+    for path in args.style or [imageio.default_style_path()]:
+        sh, sw = imageio.image_size(path, "style image")
+        for height in {max(1, round(h * args.style_scale)) for h, _ in _frame_shapes(args.content, size)}:
+            need = memory.gatys_bytes(height, max(1, round(height * sw / sh)), params, config, backward=False)
+            _refuse(need, budget, (height, max(1, round(height * sw / sh))),
+                    f"a style image (--style-scale {args.style_scale:g})", "lower --style-scale or --size")
 
 
 def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None:
@@ -140,18 +155,25 @@ def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None
             "lower --batch or --size (and --style-size)")
 
 
-def gatys(args, config, loss_weights, params) -> int:
-    """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
+def gatys(args, config, loss_weights, params, levels) -> int:
+    """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions).
+
+    ``levels(height)`` gives ``(sizes, iterations)`` of the first frame for a clip ``height`` pixels
+    high (the still-image rules of ``--size``, ``--sizes``, ``--multiscale`` and ``--iterations``).
+    """
     from nst_jax import video_style  # here, not at import: it pulls in adain (flax) for every nst-gatys start
     video.check_output(args.output, source=args.content)
-    check_gatys_memory(args, config, params)
+    check_gatys_memory(args, config, params, args.sizes[-1] if args.sizes else args.size)
     info = video.probe(args.content)
-    height = args.size or info.height
+    sizes, first_its = levels(info.height)
+    later_its = multiscale.level_iterations(len(sizes), DEFAULT_VIDEO_ITERATIONS if args.video_iterations is None
+                                            else args.video_iterations, "--video-iterations")
+    height = sizes[-1]
     styles = [_style(p, max(1, round(height * args.style_scale))) for p in (args.style or [None])]
-    run = functools.partial(video_style.run_gatys, params, style=styles if len(styles) > 1 else styles[0],
-                            config=config, weights=loss_weights, video_iterations=args.video_iterations,
-                            temporal_weight=args.temporal_weight, flow_method=args.flow,
-                            blend_weights=args.style_blend_weights)
+    run = functools.partial(video_style.run_gatys, params, style=styles, config=config, weights=loss_weights,
+                            video_iterations=later_its, temporal_weight=args.temporal_weight, flow_method=args.flow,
+                            blend_weights=args.style_blend_weights, sizes=sizes, iterations=first_its,
+                            style_scale=args.style_scale, key=jax.random.key(args.seed), chunk=args.chunk)
     bar, progress = _bar(args, info)
     try:
         metrics = video_style.stylize_file(args.content, args.output, run, height=height, progress=progress)

@@ -20,10 +20,12 @@ from nst_jax.cli import video as cli_video  # noqa: E402
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 ADAIN = ["--vgg", str(FIXTURES / "adain" / "vgg_normalised_narrow.pth"),
          "--decoder", str(FIXTURES / "adain" / "decoder_narrow.pth"), "--no-progress"]
-GATYS = ["--weights", str(FIXTURES / "gatys" / "vgg19_narrow.pth"), "--iterations", "3", "--video-iterations", "2",
-         "--no-progress"]
-# The frame size, batch and Gatys config of tests/test_video_style.py: in one process (or through the
-# persistent compilation cache) these runs reuse its compiled programs.
+# The Gatys config (layers) and frame sizes (16 px, and 24 px as the finer level) of
+# tests/test_video_style.py: in one process (or through the persistent compilation cache) these runs
+# reuse its compiled programs.
+GATYS_NET = ["--weights", str(FIXTURES / "gatys" / "vgg19_narrow.pth"), "--content-layers", "relu2_1",
+             "--style-layers", "relu1_1,relu2_1", "--no-progress"]
+GATYS = [*GATYS_NET, "--iterations", "3", "--video-iterations", "2"]
 KEYS = {"frames", "fps", "seconds_per_frame", "temporal_error"}
 
 
@@ -47,12 +49,26 @@ def test_adain_clip_to_clip(clip, tmp_path, capsys):
 
 def test_gatys_clip_to_clip(clip, tmp_path, capsys):
     out, metrics = tmp_path / "out.mkv", tmp_path / "m.json"
-    rc = gatys_cli.main(["--content", str(clip), "-o", str(out), "--metrics-json", str(metrics), *GATYS])
+    rc = gatys_cli.main(["--content", str(clip), "-o", str(out), "--size", "16", "--metrics-json", str(metrics),
+                         *GATYS])
     assert rc == 0, capsys.readouterr().err
     dst = _clips.streams(out)
-    assert dst["video"] == 5 and dst["audio"] > 0 and dst["size"] == (32, 48)
+    assert dst["video"] == 5 and dst["audio"] > 0 and dst["size"] == (16, 24)
     m = json.loads(metrics.read_text())
     assert KEYS <= set(m) and m["frames"] == 5 and m["fps"] == float(_clips.streams(clip)["rate"])
+
+
+def test_gatys_clip_coarse_to_fine_with_colour_control(clip, tmp_path, capsys):
+    """--sizes on a clip: every frame runs both levels; the output has the finest level's size."""
+    out, metrics = tmp_path / "out.mkv", tmp_path / "m.json"
+    rc = gatys_cli.main(["--content", str(clip), "-o", str(out), "--sizes", "16,24", "--iterations", "3,2",
+                         "--video-iterations", "2,1", "--color", "luminance", "--metrics-json", str(metrics),
+                         *GATYS_NET])
+    assert rc == 0, capsys.readouterr().err
+    dst = _clips.streams(out)
+    assert dst["video"] == 5 and dst["audio"] > 0 and dst["size"] == (24, 36)
+    m = json.loads(metrics.read_text())
+    assert m["frames"] == 5 and m["temporal_error"] is not None and m["style_loss"] > 0
 
 
 def test_ctrl_c_keeps_a_shorter_valid_video(clip, tmp_path, monkeypatch, capsys):
@@ -86,8 +102,12 @@ def test_bad_inputs_exit_2(clip, tmp_path, capsys):
     assert "extension" in _error(capsys, adain_cli.main(["--content", str(clip), "-o", str(tmp_path / "o.xyz"),
                                                          *ADAIN]))
     assert "is the input" in _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(clip), *GATYS]))
-    assert "video --content" in _error(capsys, gatys_cli.main(["--content", str(clip), "-o", out, "--multiscale",
-                                                                *GATYS]))
+    assert "video --content" in _error(capsys, gatys_cli.main(["--content", str(clip), "-o", out, "--tile-size",
+                                                                "16", *GATYS]))
+    assert "--video-iterations has 3 values for 2 levels" in _error(capsys, gatys_cli.main(
+        ["--content", str(clip), "-o", out, "--sizes", "16,24", *GATYS, "--video-iterations", "1,2,3"]))
+    assert "either --size or --sizes" in _error(capsys, gatys_cli.main(
+        ["--content", str(clip), "-o", out, "--sizes", "16,24", "--size", "24", *GATYS]))
     assert not (tmp_path / "o.mp4").exists()
 
 
@@ -103,6 +123,18 @@ def test_memory_check_refuses_from_the_header(clip, tmp_path, monkeypatch, capsy
     err = _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(out), "--max-memory", "0.001",
                                          "--size", "64", *GATYS]))
     assert "frames at 96x64 px need about" in err and "--max-memory" in err and "--size" in err
+    # Coarse to fine: the finest level is the one that must fit.
+    err = _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(out), "--max-memory", "0.001",
+                                         "--sizes", "32,64", *GATYS]))
+    assert "frames at 96x64 px need about" in err
+    # The style image, at the frame height times --style-scale, is checked too.
+    gparams = weights.load_vgg19(FIXTURES / "gatys" / "vgg19_narrow.pth")
+    config = gatys_cli.GatysConfig(content_layers=("relu2_1",), style_layers=("relu1_1", "relu2_1"))
+    frames_need = max(memory.gatys_bytes(h, w, gparams, config) for h, w in ((32, 48), (32, 21)))
+    err = _error(capsys, gatys_cli.main(["--content", str(clip), "-o", str(out), "--size", "32",
+                                         "--style-scale", "16", "--max-memory", str(1.01 * frames_need / 2**30),
+                                         *GATYS]))
+    assert "a style image (--style-scale 16) at" in err and "lower --style-scale" in err
     # AdaIN counts --batch: a budget that holds one 32x48 frame (and its style) refuses a batch of 4.
     vgg = weights.load_adain_vgg(FIXTURES / "adain" / "vgg_normalised_narrow.pth")
     dec = weights.load_adain_decoder(FIXTURES / "adain" / "decoder_narrow.pth")
@@ -127,7 +159,7 @@ def test_folder_of_numbered_frames_with_video_flag(tmp_path, capsys):
         image.save_image(frames / f"{i + 1:05d}.png", f)
     # nst-gatys: folder in, folder of PNG frames out.
     out = tmp_path / "gatys_frames"
-    assert gatys_cli.main(["--content", str(frames), "--video", "-o", str(out), *GATYS]) == 0, \
+    assert gatys_cli.main(["--content", str(frames), "--video", "-o", str(out), "--size", "16", *GATYS]) == 0, \
         capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [f"frame_{i:06d}.png" for i in (1, 2, 3)]
     # nst-adain: folder in, clip out at the folder rate; without --video the folder is still images.
