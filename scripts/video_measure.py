@@ -2,6 +2,7 @@
 
 Usage:
   python scripts/video_measure.py [--vgg19 PATH] [--adain-vgg PATH --decoder PATH] [--out results.json]
+                                  [--parts gatys,adain] [--interpolation lanczos3|bilinear]
 
 Without weight paths it uses the narrow test networks in tests/fixtures (numbers then describe the
 method on a small network, not the quality of the real one). Clips are made from the built-in
@@ -23,12 +24,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import _clips  # noqa: E402
-from nst_jax import gatys, image, video_style, weights  # noqa: E402
+from nst_jax import flow, gatys, image, video_style, weights  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures"
 
 
-def gatys_rows(params, style, size, frames_n, iterations, video_iterations, temporal_weight):
+def _temporal_errors(frames, outputs, interpolation):
+    """Ruder et al.'s measure over a clip with the given warp (run_gatys reports it with bilinear)."""
+    errors = []
+    for t in range(1, len(frames)):
+        back, fwd = flow.flows(frames[t - 1], frames[t])
+        mask = flow.consistency_mask(jnp.asarray(back), jnp.asarray(fwd))
+        errors.append(float(flow.temporal_error(jnp.asarray(outputs[t]), jnp.asarray(outputs[t - 1]),
+                                                jnp.asarray(back), mask, interpolation)))
+    return float(np.mean(errors))
+
+
+def gatys_rows(params, style, size, frames_n, iterations, video_iterations, temporal_weight, interpolation):
     rows = []
     config = gatys.GatysConfig(iterations=iterations)
     h, w = size, int(size * 4 / 3)
@@ -37,12 +49,30 @@ def gatys_rows(params, style, size, frames_n, iterations, video_iterations, temp
              "noise": _clips.noise_frames(frames_n, h=h, w=w)}
     for name, frames in clips.items():
         for mode in video_style.VIDEO_MODES[::-1]:
+            outs = []
             r = video_style.run_gatys(params, frames, style, config, mode=mode, video_iterations=video_iterations,
-                                      temporal_weight=temporal_weight)
+                                      temporal_weight=temporal_weight, interpolation=interpolation,
+                                      on_frame=lambda i, img: outs.append(img))
             rows.append({"clip": name, "mode": mode, "temporal_error": r.temporal_error, "style_loss": r.style_loss,
+                         "temporal_error_lanczos3": _temporal_errors(frames, outs, "lanczos3"),
                          "seconds_per_frame": r.seconds_per_frame})
             print(rows[-1], flush=True)
     return rows
+
+
+def gatys_table(rows) -> str:
+    """The README's table: per clip, TE / style of each mode and the temporal mode's ratios."""
+    lines = ["| clip | independent frames TE / style | warm start TE / style | warm start + temporal loss TE / style |",
+             "|---|---|---|---|"]
+    names = {"pan": "pan", "zoom": "zoom", "noise": "static scene + noise"}
+    for clip in dict.fromkeys(r["clip"] for r in rows):
+        by = {r["mode"]: r for r in rows if r["clip"] == clip}
+        cells = [f"{by[m]['temporal_error']:.3g} / {by[m]['style_loss']:.3g}" for m in ("independent", "warm", "temporal")]
+        ind, tmp = by["independent"], by["temporal"]
+        cells[2] += (f" ({ind['temporal_error'] / tmp['temporal_error']:.1f}x lower TE at "
+                     f"{tmp['style_loss'] / ind['style_loss']:.2f}x the style loss)")
+        lines.append(f"| {names.get(clip, clip)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def adain_rows(vgg_params, dec, style, sizes, frames_n):
@@ -81,16 +111,25 @@ def main():
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--video-iterations", type=int, default=50)
-    p.add_argument("--temporal-weight", type=float, default=100.0)
+    p.add_argument("--temporal-weight", type=float, default=video_style.DEFAULT_TEMPORAL_WEIGHT)
+    p.add_argument("--interpolation", default=video_style.DEFAULT_INTERPOLATION, choices=flow.INTERPOLATIONS,
+                   help="warp of the previous output (start and temporal target); the error is measured with "
+                   "the bilinear warp either way (and with Lanczos-3 in temporal_error_lanczos3)")
     p.add_argument("--adain-sizes", default="128,256")
     p.add_argument("--out", default="video_measurements.json")
+    p.add_argument("--parts", default="gatys,adain", help="what to measure: gatys, adain (frames/s and flicker)")
     a = p.parse_args()
+    parts = set(a.parts.split(","))
     style = jnp.asarray(image.resize(image.load_image(image.default_style_path()), height=128))[None]
-    out = {"gatys": gatys_rows(weights.load_vgg19(a.vgg19), style, a.size, a.frames, a.iterations,
-                               a.video_iterations, a.temporal_weight)}
-    vgg_params, dec = weights.load_adain_vgg(a.adain_vgg), weights.load_adain_decoder(a.decoder)
-    out["adain_fps"] = adain_rows(vgg_params, dec, style, [int(s) for s in a.adain_sizes.split(",")], 16)
-    out["adain_flicker"] = flicker_rows(vgg_params, dec, style, 12)
+    out = {}
+    if "gatys" in parts:
+        out["gatys"] = gatys_rows(weights.load_vgg19(a.vgg19), style, a.size, a.frames, a.iterations,
+                                  a.video_iterations, a.temporal_weight, a.interpolation)
+        print(gatys_table(out["gatys"]), flush=True)
+    if "adain" in parts:
+        vgg_params, dec = weights.load_adain_vgg(a.adain_vgg), weights.load_adain_decoder(a.decoder)
+        out["adain_fps"] = adain_rows(vgg_params, dec, style, [int(s) for s in a.adain_sizes.split(",")], 16)
+        out["adain_flicker"] = flicker_rows(vgg_params, dec, style, 12)
     pathlib.Path(a.out).write_text(json.dumps(out, indent=1))
 
 

@@ -165,6 +165,8 @@ class _Spy:
 def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_vgg19, style, monkeypatch):
     from nst_jax import flow
 
+    warp = jax.jit(flow.warp, static_argnames="interpolation")
+    consistency_mask = jax.jit(flow.consistency_mask)
     spy = _Spy(video_style.run_frame)
     monkeypatch.setattr(video_style, "run_frame", spy)
     frames = _clips.zoom_frames(3, h=FINE[0], w=FINE[1])
@@ -184,7 +186,9 @@ def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_v
             continue
         # Frame t: flow at the finest size, the previous output warped by it, then resized to the level.
         back, fwd = flow.flows(frames[t - 1], frames[t])
-        warped, mask = map(np.asarray, video_style._mask_and_warp(outs[t - 1], back, fwd))  # tests/test_flow.py
+        # The Lanczos-3 warp (tests/test_flow.py), clipped to the image range.
+        warped = np.clip(np.asarray(warp(outs[t - 1], back, "lanczos3")), 0, 1)
+        mask = np.asarray(consistency_mask(back, fwd))
         assert mask.mean() > 0.5  # a zoom in: most pixels are consistent
         np.testing.assert_allclose(coarse["init"][0], image.resize(warped, H, W), atol=1e-5)
         for level in (coarse, fine):  # each level's temporal loss: the warped frame and mask (resized there)
