@@ -82,16 +82,12 @@ def warp(image: Array, flow: Array, interpolation: str = "bilinear") -> Array:
         top = image[y0i, x0i] * (1 - fx) + image[y0i, x1i] * fx
         bottom = image[y1i, x0i] * (1 - fx) + image[y1i, x1i] * fx
         return top * (1 - fy) + bottom * fy
-    taps = range(-2, 4)  # the 6 pixels whose Lanczos-3 weight at the offset can be non-zero
-    wx = jnp.stack([_lanczos3(fx - k) for k in taps], -1)
-    wy = jnp.stack([_lanczos3(fy - k) for k in taps], -1)
+    taps = jnp.arange(-2, 4)  # the 6 pixels per axis whose Lanczos-3 weight can be non-zero
+    wx, wy = _lanczos3(fx[..., None] - taps), _lanczos3(fy[..., None] - taps)  # (H, W, 6)
     wx, wy = wx / jnp.sum(wx, -1, keepdims=True), wy / jnp.sum(wy, -1, keepdims=True)
-    out = 0.0
-    for j, dy in enumerate(taps):
-        yi = jnp.clip(y0i + dy, 0, h - 1)
-        row = sum(wx[..., i, None] * image[yi, jnp.clip(x0i + dx, 0, w - 1)] for i, dx in enumerate(taps))
-        out = out + wy[..., j, None] * row
-    return out
+    xi, yi = jnp.clip(x0i[..., None] + taps, 0, w - 1), jnp.clip(y0i[..., None] + taps, 0, h - 1)
+    patches = image[yi[..., :, None], xi[..., None, :]]  # (H, W, 6, 6, C): one gather
+    return jnp.einsum("hwj,hwi,hwji...->hw...", wy, wx, patches, precision=jax.lax.Precision.HIGHEST)
 
 
 def _lanczos3(d: Array) -> Array:

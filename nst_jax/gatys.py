@@ -310,15 +310,15 @@ def solver_for(fun: Callable[..., Array], config: GatysConfig) -> solvers.Solver
 
 def initial_image(content: Array, config: GatysConfig, key: Array, image: Array | None = None) -> Array:
     """The starting point: content + white noise (report §IV-B), pure noise, or a given image."""
+    if config.init == "image":  # no noise drawn (nor its generator compiled) for a given start
+        if image is None:
+            raise ConfigError("--init image needs --init-image PATH")
+        return image.astype(jnp.float32)
     noise = config.init_noise * jax.random.normal(key, content.shape, jnp.float32)
     if config.init == "content":
         return content.astype(jnp.float32) + noise
-    if config.init == "noise":
-        # Noise around mid-gray so that the std matches --init-noise, clipped to the image range.
-        return jnp.clip(0.5 + (noise if config.init_noise > 0 else 0.0), 0.0, 1.0)
-    if image is None:
-        raise ConfigError("--init image needs --init-image PATH")
-    return image.astype(jnp.float32)
+    # "noise": around mid-gray so that the std matches --init-noise, clipped to the image range.
+    return jnp.clip(0.5 + (noise if config.init_noise > 0 else 0.0), 0.0, 1.0)
 
 
 class Result(NamedTuple):

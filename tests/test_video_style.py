@@ -32,6 +32,13 @@ def style():
 
 
 @pytest.fixture(scope="module")
+def gstyle():
+    """The Gatys tests' style: as high as their finest level, as the command line sizes it (the tests
+    of tests/cli/test_video_cli.py then reuse the style-target programs compiled here)."""
+    return jnp.asarray(image.resize(image.load_image(image.default_style_path()), height=FINE[0]))[None]
+
+
+@pytest.fixture(scope="module")
 def adain_nets():
     return (weights.load_adain_vgg(FIXTURES / "adain" / "vgg_normalised_narrow.pth"),
             weights.load_adain_decoder(FIXTURES / "adain" / "decoder_narrow.pth"))
@@ -45,25 +52,36 @@ def test_temporal_loss_closed_form():
     assert float(video_style.temporal_loss(x, w, mask)) == pytest.approx(9 / 18)
 
 
-def _frame_targets(params, frame, style):
-    targets = video_style.style_targets(params, frame, style, CONFIG)
-    return targets._replace(content=video_style.content_features(params, frame, CONFIG))
+def test_stylize_frame_is_the_driven_frame_run_as_one_function(narrow_vgg19, gstyle):
+    """The research API's pure step: 0 iterations give the warped start (where the temporal term is
+    0), and k iterations the iterates of run_frame, the driver-stepped frame run_gatys uses."""
+    frame = jnp.asarray(_clips.pan_frames(2, h=H, w=W)[1])[None]
+    warped = jnp.asarray(_clips.pan_frames(1, h=H, w=W)[0])
+    mask = jnp.zeros((H, W)).at[:, :W // 2].set(1.0)
 
+    @jax.jit  # one program: compiling it beats running VGG and its gradient op by op
+    def run(params, frame, gstyle, iterations):
+        targets = video_style.style_targets(params, frame, gstyle, CONFIG)
+        w = gatys.loss_weights(CONFIG)
+        x, loss = video_style.stylize_frame(warped, mask, frame, params, targets, w, CONFIG, temporal_weight=5.0,
+                                            iterations=iterations)
+        content = video_style.content_features(params, frame, CONFIG)
+        return x, loss, gatys.objective(x, params, targets._replace(content=content), w, CONFIG)
 
-def test_stylize_frame_zero_iterations_returns_the_warped_start(narrow_vgg19, style):
-    """The research API's pure step: from the warped frame, where the temporal term is 0."""
-    frame = jnp.asarray(_clips.pan_frames(1, h=H, w=W)[0])[None]
-    targets = video_style.style_targets(narrow_vgg19, frame, style, CONFIG)
-    warped = jnp.full((H, W, 3), 0.25)
-    w = gatys.loss_weights(CONFIG)
-    x, loss = jax.jit(video_style.stylize_frame, static_argnames="config")(
-        warped, jnp.ones((H, W)), frame, narrow_vgg19, targets, w, config=CONFIG, temporal_weight=1.0, iterations=0)
+    x, loss, objective = run(narrow_vgg19, frame, gstyle, 0)
     np.testing.assert_array_equal(x[0], warped)
-    expected = gatys.objective(x, narrow_vgg19, _frame_targets(narrow_vgg19, frame, style), w, CONFIG)
-    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(loss, objective, rtol=1e-5)
+    x, loss, _ = run(narrow_vgg19, frame, gstyle, 3)
+    config = dataclasses.replace(CONFIG, init="image", iterations=3)
+    driven = video_style.run_frame(narrow_vgg19, frame, gstyle, config, init=warped[None], warped=np.asarray(warped),
+                                   mask=np.asarray(mask), temporal_weight=5.0)
+    assert driven.iterations == 3 and np.abs(driven.image - warped).max() > 1e-3  # it moved
+    # Two compilations of the same float32 iterates (L-BFGS with line search, 3 steps): rounding only.
+    np.testing.assert_allclose(np.clip(x[0], 0, 1), driven.image, atol=1e-5)  # images are handed out clipped
+    np.testing.assert_allclose(loss, driven.terms["total"], rtol=1e-5)
 
 
-def test_run_frame_resizes_the_temporal_target_and_mask_to_its_level(narrow_vgg19, style):
+def test_run_frame_resizes_the_temporal_target_and_mask_to_its_level(narrow_vgg19, gstyle):
     """The driver-stepped frame (run_gatys' runner) at a coarse level: target and mask resized to it."""
     frame = _clips.pan_frames(1, h=H, w=W)[0]
     fine = np.linspace(0.1, 0.9, FINE[0] * FINE[1] * 3, dtype=np.float32).reshape(*FINE, 3)
@@ -73,40 +91,40 @@ def test_run_frame_resizes_the_temporal_target_and_mask_to_its_level(narrow_vgg1
     start = jnp.full((1, H, W, 3), 0.5)
     config = dataclasses.replace(CONFIG, init="image", iterations=0)
     kw = dict(warped=fine, mask=mask, temporal_weight=3.0)
-    r = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config, init=start, **kw)
+    r = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], gstyle, config, init=start, **kw)
     np.testing.assert_array_equal(r.image, start[0])
     # Independent of the program: 1/D sum c (x - w)^2 at the level's size.
     assert r.terms["temporal"] == pytest.approx(float(np.mean(mask_l[..., None] * (0.5 - target) ** 2)), rel=1e-5)
     assert r.terms["total"] == pytest.approx(r.terms["content_weighted"] + r.terms["style_weighted"]
                                              + r.terms["tv_weighted"] + 3.0 * r.terms["temporal"], rel=1e-5)
-    at_target = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config,
+    at_target = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], gstyle, config,
                                       init=jnp.asarray(target)[None], **kw)
     assert at_target.terms["temporal"] == 0.0
     # A dominant temporal weight holds the consistent (left) pixels at the target; 0 lets them move.
     config = dataclasses.replace(config, iterations=5)
     moved = {}
     for tw in (0.0, 1e6):
-        x = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], style, config, init=start,
+        x = video_style.run_frame(narrow_vgg19, jnp.asarray(frame)[None], gstyle, config, init=start,
                                   **{**kw, "temporal_weight": tw}).image
         moved[tw] = float(np.mean(np.abs(x[:, :W // 2 - 2] - target[:, :W // 2 - 2])))
     assert moved[1e6] < 0.1 * moved[0.0]
 
 
 @pytest.fixture(scope="module")
-def pan_runs(narrow_vgg19, style):
+def pan_runs(narrow_vgg19, gstyle):
     """Independent frames vs warm start + temporal loss on a tiny pan, outputs kept."""
     frames = _clips.pan_frames(4, h=H, w=W)
     runs = {}
     for mode in ("independent", "temporal"):
         outs = []
-        r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, mode=mode, video_iterations=10,
+        r = video_style.run_gatys(narrow_vgg19, frames, gstyle, CONFIG, mode=mode, video_iterations=10,
                                   temporal_weight=100.0, on_frame=lambda i, img: outs.append(img))
         runs[mode] = (r, outs)
     return frames, runs
 
 
 def test_temporal_loss_lowers_flicker_at_similar_style_loss(pan_runs):
-    """Ruder et al.'s claim on a tiny pan: >= 2x lower temporal error, style loss within 1.2x."""
+    """Ruder et al.'s claim on a tiny pan: >= 2x lower temporal error, gstyle loss within 1.2x."""
     _, runs = pan_runs
     ind, tmp = runs["independent"][0], runs["temporal"][0]
     assert ind.frames == tmp.frames == 4
@@ -114,16 +132,16 @@ def test_temporal_loss_lowers_flicker_at_similar_style_loss(pan_runs):
     assert tmp.style_loss <= 1.2 * ind.style_loss
 
 
-def test_histogram_colour_is_the_style_recoloured_to_the_first_frame(narrow_vgg19, style, pan_runs):
-    """--color histogram on a clip = the style recoloured to the first frame's colours, for every frame."""
+def test_histogram_colour_is_the_style_recoloured_to_the_first_frame(narrow_vgg19, gstyle, pan_runs):
+    """--color histogram on a clip = the gstyle recoloured to the first frame's colours, for every frame."""
     from nst_jax import color
 
     frames, runs = pan_runs
     config = dataclasses.replace(CONFIG, color="histogram")
     outs = []
-    video_style.run_gatys(narrow_vgg19, frames, style, config, video_iterations=10, temporal_weight=100.0,
+    video_style.run_gatys(narrow_vgg19, frames, gstyle, config, video_iterations=10, temporal_weight=100.0,
                           on_frame=lambda i, img: outs.append(img))
-    recoloured = color.match_color(style, jnp.asarray(frames[0])[None], "eig", 1e-5, clip=True)
+    recoloured = color.match_color(gstyle, jnp.asarray(frames[0])[None], "eig", 1e-5, clip=True)
     ref = []
     video_style.run_gatys(narrow_vgg19, frames, recoloured, CONFIG, video_iterations=10, temporal_weight=100.0,
                           on_frame=lambda i, img: ref.append(img))
@@ -134,7 +152,7 @@ def test_histogram_colour_is_the_style_recoloured_to_the_first_frame(narrow_vgg1
     assert np.abs(np.stack(outs) - np.stack(runs["temporal"][1])).mean() > 1e-3
 
 
-def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, style):
+def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, gstyle):
     written = []
 
     def on_frame(i, img):
@@ -143,7 +161,7 @@ def test_interrupt_from_callback_stops_after_written_frames(narrow_vgg19, style)
         written.append(img)
 
     frames = _clips.pan_frames(5, h=H, w=W)
-    r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, video_iterations=2, on_frame=on_frame)
+    r = video_style.run_gatys(narrow_vgg19, frames, gstyle, CONFIG, video_iterations=2, on_frame=on_frame)
     assert r.interrupted and r.frames == 2 == len(written)
     assert written[0].shape == (H, W, 3) and 0 <= written[0].min() and written[0].max() <= 1
 
@@ -154,24 +172,23 @@ class _Spy:
     def __init__(self, real):
         self.real, self.calls = real, []
 
-    def __call__(self, params, content, style, config, weights=None, **kw):
-        result = self.real(params, content, style, config, weights, **kw)
+    def __call__(self, params, content, gstyle, config, weights=None, **kw):
+        result = self.real(params, content, gstyle, config, weights, **kw)
         self.calls.append({"shape": content.shape[1:3], "iterations": config.iterations, "init": kw["init"],
                            "warped": kw["warped"], "mask": kw["mask"], "tw": kw["temporal_weight"],
                            "image": result.image})
         return result
 
 
-def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_vgg19, style, monkeypatch):
+def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_vgg19, gstyle, monkeypatch):
     from nst_jax import flow
 
-    warp = jax.jit(flow.warp, static_argnames="interpolation")
-    consistency_mask = jax.jit(flow.consistency_mask)
+    assert video_style.DEFAULT_INTERPOLATION == "lanczos3"
     spy = _Spy(video_style.run_frame)
     monkeypatch.setattr(video_style, "run_frame", spy)
     frames = _clips.zoom_frames(3, h=FINE[0], w=FINE[1])
     outs = []
-    r = video_style.run_gatys(narrow_vgg19, frames, style, CONFIG, sizes=(H, FINE[0]), iterations=(3, 2),
+    r = video_style.run_gatys(narrow_vgg19, frames, gstyle, CONFIG, sizes=(H, FINE[0]), iterations=(3, 2),
                               video_iterations=(2, 1), temporal_weight=50.0, on_frame=lambda i, img: outs.append(img))
     assert r.frames == 3 and [o.shape for o in outs] == [FINE + (3,)] * 3
     calls = [spy.calls[2 * t:2 * t + 2] for t in range(3)]
@@ -186,9 +203,8 @@ def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_v
             continue
         # Frame t: flow at the finest size, the previous output warped by it, then resized to the level.
         back, fwd = flow.flows(frames[t - 1], frames[t])
-        # The Lanczos-3 warp (tests/test_flow.py), clipped to the image range.
-        warped = np.clip(np.asarray(warp(outs[t - 1], back, "lanczos3")), 0, 1)
-        mask = np.asarray(consistency_mask(back, fwd))
+        # The Lanczos-3 warp (tests/test_flow.py) clipped to the image range, and the mask.
+        warped, mask = map(np.asarray, video_style._target_and_mask(outs[t - 1], back, fwd, "lanczos3"))
         assert mask.mean() > 0.5  # a zoom in: most pixels are consistent
         np.testing.assert_allclose(coarse["init"][0], image.resize(warped, H, W), atol=1e-5)
         for level in (coarse, fine):  # each level's temporal loss: the warped frame and mask (resized there)
@@ -197,13 +213,13 @@ def test_coarse_to_fine_per_frame_starts_from_the_warped_previous_frame(narrow_v
             assert level["tw"] == 50.0
 
 
-def test_luminance_colour_keeps_each_frames_chroma_at_every_level(narrow_vgg19, style):
+def test_luminance_colour_keeps_each_frames_chroma_at_every_level(narrow_vgg19, gstyle):
     from nst_jax import color
 
     config = dataclasses.replace(CONFIG, color="luminance")
     out = []
     frames = _clips.zoom_frames(2, h=FINE[0], w=FINE[1])
-    video_style.run_gatys(narrow_vgg19, frames, style, config, sizes=(H, FINE[0]), iterations=3,
+    video_style.run_gatys(narrow_vgg19, frames, gstyle, config, sizes=(H, FINE[0]), iterations=3,
                           video_iterations=2, on_frame=lambda i, img: out.append(img))
     assert len(out) == 2
     for f, o in zip(frames, out):
@@ -221,15 +237,15 @@ def test_command_line_defaults_are_the_librarys():
     assert cli_video.DEFAULT_VIDEO_ITERATIONS == video_style.DEFAULT_VIDEO_ITERATIONS
 
 
-def test_bad_video_options(narrow_vgg19, style):
+def test_bad_video_options(narrow_vgg19, gstyle):
     with pytest.raises(ConfigError, match="temporal"):
-        video_style.run_gatys(narrow_vgg19, [], style, CONFIG, temporal_weight=-1.0)
+        video_style.run_gatys(narrow_vgg19, [], gstyle, CONFIG, temporal_weight=-1.0)
     with pytest.raises(ConfigError, match="video mode"):
-        video_style.run_gatys(narrow_vgg19, [], style, CONFIG, mode="smooth")
+        video_style.run_gatys(narrow_vgg19, [], gstyle, CONFIG, mode="smooth")
     with pytest.raises(ConfigError, match="--video-iterations has 3 values for 2 levels"):
-        video_style.run_gatys(narrow_vgg19, [], style, CONFIG, sizes=(H, FINE[0]), video_iterations=(1, 2, 3))
+        video_style.run_gatys(narrow_vgg19, [], gstyle, CONFIG, sizes=(H, FINE[0]), video_iterations=(1, 2, 3))
     with pytest.raises(ConfigError, match="must be the frame height"):
-        video_style.run_gatys(narrow_vgg19, _clips.pan_frames(1, h=H, w=W), style, CONFIG, sizes=(8, 2 * H))
+        video_style.run_gatys(narrow_vgg19, _clips.pan_frames(1, h=H, w=W), gstyle, CONFIG, sizes=(8, 2 * H))
 
 
 def test_adain_frames_without_smoothing_equal_adain_stylize(adain_nets, style):
@@ -289,7 +305,7 @@ def test_adain_file_keeps_frames_rate_and_audio(adain_nets, style, clip_with_aud
     assert m["temporal_error"] is not None and not m["interrupted"]
 
 
-def test_gatys_file_interrupt_gives_shorter_valid_video(narrow_vgg19, style, clip_with_audio, tmp_path):
+def test_gatys_file_interrupt_gives_shorter_valid_video(narrow_vgg19, gstyle, clip_with_audio, tmp_path):
     import functools
 
     out = tmp_path / "out.mp4"
@@ -300,7 +316,7 @@ def test_gatys_file_interrupt_gives_shorter_valid_video(narrow_vgg19, style, cli
         if done == 3:
             raise KeyboardInterrupt
 
-    run = functools.partial(video_style.run_gatys, narrow_vgg19, style=style, config=CONFIG, video_iterations=2)
+    run = functools.partial(video_style.run_gatys, narrow_vgg19, style=gstyle, config=CONFIG, video_iterations=2)
     m = video_style.stylize_file(clip_with_audio, out, run, progress=progress)
     assert m["interrupted"] and m["frames"] == 3  # frame 3 was written, its progress call interrupted
     got = _clips.streams(out)
