@@ -124,22 +124,6 @@ def check_gatys_memory(args, config, params) -> None:
     _refuse(need, budget, shape, "frames", "lower --size, add --remat or --dtype bfloat16")
 
 
-def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None:
-    """As :func:`check_gatys_memory` for AdaIN, counting ``--batch`` frames per call and the styles."""
-    budget = _budget(args)
-    worst = (0, (0, 0))
-    for h, w in _frame_shapes(args.content, config.size):
-        style_hws = []
-        for p in styles:
-            sh, sw = imageio.image_size(p, "style image")
-            height = config.style_size or h
-            style_hws.append((height, max(1, round(height * sw / sh))))
-        need = memory.adain_bytes((h, w), style_hws, vgg_params, decoder_params, batch=args.batch)
-        worst = max(worst, (need, (h, w)))
-    _refuse(worst[0], budget, worst[1], f"batches of {args.batch} frames",
-            "lower --batch or --size (and --style-size)")
-
-
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
     from nst_jax import video_style  # here, not at import: it pulls in adain (flax) for every nst-gatys start
@@ -160,14 +144,32 @@ def gatys(args, config, loss_weights, params) -> int:
     return _finish(args, metrics, args.output)
 
 
-def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights) -> int:
-    """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
+def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights, size: int | None) -> int:
+    """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths, ``size`` is ``--size`` or None.
+
+    Without ``--size`` the frames keep the clip's upright height, lowered to the largest height
+    whose batches fit the memory budget (one line on stderr says so); a given ``--size`` that does
+    not fit is refused from the container header, before any frame is decoded.
+    """
     from nst_jax import video_style
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
-    check_adain_memory(args, config, vgg_params, decoder_params, styles)
+    budget = _budget(args)
+    choose = functools.partial(video_style.adain_frame_height, requested=size, budget_bytes=budget,
+                               style_hws=[imageio.image_size(p, "style image") for p in styles],
+                               style_size=config.style_size, vgg_params=vgg_params, decoder_params=decoder_params,
+                               batch=args.batch)
+    if size is not None:
+        choose(video.header_size(args.content), rotation_known=False)  # raises when it does not fit
     info = video.probe(args.content)
-    height = config.size or info.height
+    frames = choose((info.height, info.width)) if size is None else None
+    if frames is not None and frames.lowered_from is not None:
+        h, w = frames.shape
+        print(f"note: stylizing at {w}x{h} px, not the clip's {info.width}x{info.height}: batches of {args.batch} "
+              f"frames at full size need about {frames.lowered_need_bytes / 2**30:.1f} GiB but "
+              f"{budget / 2**30:.1f} GiB are available; choose the height with --size (or lower --batch)",
+              file=sys.stderr)
+    height = (size if frames is None else frames.height) or info.height
     style_height = config.style_size or height
     imgs = [_style(p, style_height) for p in styles]
     run = functools.partial(video_style.run_adain, vgg_params, decoder_params, styles=imgs, alpha=config.alpha,
