@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nst_jax import adain, flow, gatys, losses, memory, solvers, vgg
-from nst_jax.errors import ConfigError, MemoryBudgetError, check_choice
+from nst_jax import adain, flow, gatys, losses, solvers, vgg
+from nst_jax.errors import ConfigError, check_choice
 
 Array = jax.Array
 VIDEO_MODES: tuple[str, ...] = ("temporal", "warm", "independent")
@@ -384,84 +384,6 @@ def run_adain(vgg_params: vgg.Params, decoder_params: vgg.Params, frames: Iterab
                        (seconds[0] if seconds else float("nan")),
                        float(np.mean(errors)) if errors else None, float("nan"), interrupted,
                        seconds[0] if seconds else float("nan"))
-
-
-def adain_batch_bytes(frame_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]], style_size: int | None,
-                      vgg_params: vgg.Params, decoder_params: vgg.Params, batch: int) -> int:
-    """Estimated peak of one :func:`adain_frames` call on ``batch`` frames of ``frame_hw``.
-
-    ``style_hws`` are the styles' stored sizes; each enters at ``style_size`` pixels high (the
-    frame's height when None or 0), aspect ratio kept, as ``nst-adain`` resizes them for a clip.
-    """
-    h = frame_hw[0]
-    sized = [((style_size or h), max(1, round((style_size or h) * sw / sh))) for sh, sw in style_hws]
-    return memory.adain_bytes(frame_hw, sized, vgg_params, decoder_params, batch=batch)
-
-
-class FrameHeight(NamedTuple):
-    """The height an AdaIN clip is stylized at (:func:`adain_frame_height`)."""
-
-    height: int  # frames are resized to this height; 0 keeps their size (``--size 0``)
-    need_bytes: int  # estimated peak at ``height``, largest over the orientations counted
-    shape: tuple[int, int]  # the (height, width) of that largest estimate
-    lowered_from: int | None  # the clip's own height when it did not fit and was lowered, else None
-    lowered_need_bytes: int | None  # what the clip's own height would have needed
-
-
-def _frame_shapes(clip_hws: Sequence[tuple[int, int]], height: int) -> list[tuple[int, int]]:
-    return [(height, max(1, round(height * w / h))) if height else (h, w) for h, w in dict.fromkeys(clip_hws)]
-
-
-def adain_frame_height(clip_hw: tuple[int, int], requested: int | None, budget_bytes: int,
-                       style_hws: Sequence[tuple[int, int]], style_size: int | None, vgg_params: vgg.Params,
-                       decoder_params: vgg.Params, batch: int, *, rotation_known: bool = True) -> FrameHeight:
-    """Chooses the frame height of an AdaIN clip run (``--size``) from header sizes and a memory budget.
-
-    Pure: sizes and the budget in, a decision out; nothing is decoded or printed.
-
-    Args:
-      clip_hw: the clip's (height, width): upright (rotation applied) when ``rotation_known``, else
-        the container header's stored size, and both orientations are counted.
-      requested: ``--size`` as given (0 = the clip's own height), or None when not given: then the
-        clip's own height, or the largest height that fits ``budget_bytes`` when that does not.
-      style_hws, style_size, batch: as for :func:`adain_batch_bytes`.
-
-    Raises:
-      MemoryBudgetError: a given ``requested`` does not fit, or not even the smallest height
-        the encoder takes (``adain.MIN_IMAGE_SIZE``) does.
-    """
-    hws = [clip_hw, clip_hw[::-1]] if not rotation_known else [clip_hw]
-
-    def need(height: int) -> tuple[int, tuple[int, int]]:
-        return max((adain_batch_bytes(hw, style_hws, style_size, vgg_params, decoder_params, batch), hw)
-                   for hw in _frame_shapes(hws, height))
-
-    own = clip_hw[0]
-    height = own if requested is None else requested
-    bytes_, shape = need(height)
-    if bytes_ <= budget_bytes:
-        return FrameHeight(height, bytes_, shape, None, None)
-    if requested is not None:
-        raise MemoryBudgetError(_too_large(bytes_, budget_bytes, shape, batch, "lower --batch or --size (and "
-                                           "--style-size)"))
-    lowest = min(adain.MIN_IMAGE_SIZE, own)
-    low_bytes, low_shape = need(lowest)
-    if low_bytes > budget_bytes:
-        raise MemoryBudgetError(_too_large(low_bytes, budget_bytes, low_shape, batch,
-                                           "lower --batch (and --style-size)"))
-    # The estimate grows with the height: bisect for the largest height within the budget.
-    lo, hi = lowest, height  # need(lo) fits, need(hi) does not
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if need(mid)[0] <= budget_bytes else (lo, mid)
-    fit_bytes, fit_shape = need(lo)
-    return FrameHeight(lo, fit_bytes, fit_shape, own, bytes_)
-
-
-def _too_large(need: int, budget: int, shape: tuple[int, int], batch: int, fix: str) -> str:
-    h, w = shape
-    return (f"batches of {batch} frames at {w}x{h} px need about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} "
-            f"GiB are available; {fix}, or raise --max-memory if you know better")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -124,6 +124,19 @@ def check_gatys_memory(args, config, params) -> None:
     _refuse(need, budget, shape, "frames", "lower --size, add --remat or --dtype bfloat16")
 
 
+def check_adain_memory(args, config, vgg_params, decoder_params, styles, size: int | None,
+                       clip_hw: tuple[int, int] | None = None) -> memory.VideoHeight:
+    """The frame height of an AdaIN clip (:func:`nst_jax.memory.adain_video_height`), counting ``--batch``.
+
+    ``clip_hw=None``: from the container header, before any frame is decoded (both orientations);
+    else from the upright size. Raises MemoryBudgetError when a given ``size`` does not fit.
+    """
+    return memory.adain_video_height(
+        video.header_size(args.content) if clip_hw is None else clip_hw, size, _budget(args),
+        [imageio.image_size(p, "style image") for p in styles], config.style_size, vgg_params, decoder_params,
+        args.batch, rotation_known=clip_hw is not None)
+
+
 def gatys(args, config, loss_weights, params) -> int:
     """Runs ``nst-gatys`` on a clip; ``args`` are the parsed flags (GatysOptions + GatysVideoOptions)."""
     from nst_jax import video_style  # here, not at import: it pulls in adain (flax) for every nst-gatys start
@@ -154,22 +167,20 @@ def adain(args, config, vgg_params, decoder_params, styles, interpolation_weight
     from nst_jax import video_style
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
-    budget = _budget(args)
-    choose = functools.partial(video_style.adain_frame_height, requested=size, budget_bytes=budget,
-                               style_hws=[imageio.image_size(p, "style image") for p in styles],
-                               style_size=config.style_size, vgg_params=vgg_params, decoder_params=decoder_params,
-                               batch=args.batch)
     if size is not None:
-        choose(video.header_size(args.content), rotation_known=False)  # raises when it does not fit
+        check_adain_memory(args, config, vgg_params, decoder_params, styles, size)
     info = video.probe(args.content)
-    frames = choose((info.height, info.width)) if size is None else None
-    if frames is not None and frames.lowered_from is not None:
-        h, w = frames.shape
-        print(f"note: stylizing at {w}x{h} px, not the clip's {info.width}x{info.height}: batches of {args.batch} "
-              f"frames at full size need about {frames.lowered_need_bytes / 2**30:.1f} GiB but "
-              f"{budget / 2**30:.1f} GiB are available; choose the height with --size (or lower --batch)",
-              file=sys.stderr)
-    height = (size if frames is None else frames.height) or info.height
+    height = size
+    if size is None:
+        fit = check_adain_memory(args, config, vgg_params, decoder_params, styles, None, (info.height, info.width))
+        if fit.lowered_from is not None:
+            h, w = fit.shape
+            print(f"note: stylizing at {w}x{h} px, not the clip's {info.width}x{info.height}: batches of "
+                  f"{args.batch} frames at full size need about {fit.lowered_need_bytes / 2**30:.1f} GiB but "
+                  f"{_budget(args) / 2**30:.1f} GiB are available; choose the height with --size (or lower --batch)",
+                  file=sys.stderr)
+        height = fit.height
+    height = height or info.height
     style_height = config.style_size or height
     imgs = [_style(p, style_height) for p in styles]
     run = functools.partial(video_style.run_adain, vgg_params, decoder_params, styles=imgs, alpha=config.alpha,

@@ -1,4 +1,4 @@
-"""video_style.adain_frame_height: the frame height of an AdaIN clip from header sizes and a budget.
+"""memory.adain_video_height: the frame height of an AdaIN clip from header sizes and a budget.
 
 Pure arithmetic over the memory estimate, checked against a brute-force search that sizes the
 frames and styles itself and calls only ``memory.adain_bytes``.
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nst_jax import adain, memory, video_style, weights
+from nst_jax import adain, memory, weights
 from nst_jax.errors import MemoryBudgetError
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -42,8 +42,11 @@ def largest_fitting(clip_hw, budget, style_hws, style_size, batch):
 
 
 def choose(clip_hw, requested, budget, style_hws=((30, 40),), style_size=None, batch=2, **kw):
-    return video_style.adain_frame_height(clip_hw, requested, budget, list(style_hws), style_size, VGG, DEC, batch,
-                                          **kw)
+    return memory.adain_video_height(clip_hw, requested, budget, list(style_hws), style_size, VGG, DEC, batch, **kw)
+
+
+def test_smallest_height_is_the_encoders():
+    assert memory.ADAIN_MIN_SIDE == adain.MIN_IMAGE_SIZE
 
 
 def test_default_is_the_clips_height_when_it_fits():
