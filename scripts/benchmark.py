@@ -988,9 +988,12 @@ def merge_results(base: dict, new: dict) -> dict:
         if value:
             merged.setdefault("memory", {})[key] = value
     merged["errors"] = merged.get("errors", []) + new.get("errors", [])
+    # The machine of each merged run: a later section may come from another host than the base file.
     merged.setdefault("merged_runs", []).append(
         {"settings": new["settings"], "loadavg_start": new["machine"].get("loadavg_start"),
-         "loadavg_end": new["machine"].get("loadavg_end"), "wall_s": new.get("wall_s")})
+         "loadavg_end": new["machine"].get("loadavg_end"), "wall_s": new.get("wall_s"),
+         "cpu": new["machine"].get("cpu"), "cpu_count": new["machine"].get("cpu_count"),
+         "versions": new["machine"].get("versions")})
     return merged
 
 
@@ -1409,6 +1412,12 @@ def render_markdown(result: dict) -> str:
               + ("Narrow random networks (--quick). " if result.get("settings", {}).get("widths")
                  else "Random full-width VGG-19 / AdaIN weights. ")
               + "Ratios are JAX / PyTorch measured interleaved in one process (lower is better).", ""]
+    for run in result.get("merged_runs", []):
+        if run.get("cpu") and (run["cpu"], run.get("cpu_count")) != (m.get("cpu"), m.get("cpu_count")):
+            start = run.get("loadavg_start")
+            lines += [f"Merged later from another machine: {', '.join(run['settings'].get('sections', []))} on "
+                      f"{run['cpu']}, {run.get('cpu_count')} cores, load average at start "
+                      f"{_fmt(start[0], '.1f') if start else '–'}.", ""]
     if result.get("gatys"):
         lines += ["Gatys (`gatys.run`, L-BFGS history 10): seconds per iteration and per evaluation, compile "
                   "seconds, peak RSS, final loss after equal iterations.", ""]

@@ -241,6 +241,8 @@ def test_merge_replaces_matching_entries_and_keeps_the_rest():
         (256, 1, 1.0), (256, 8, 1.0), (512, 1, 1.0), (512, 8, 2.0)]
     assert merged["memory"] == {"scan": [{"size": 1}], "fit": {"a": 1}, "static": [{"size": 2}]}
     assert merged["merged_runs"][0]["settings"] == {"sizes": [64]}
+    new["machine"].update(cpu="other cpu", cpu_count=4)
+    assert b.merge_results(base, new)["merged_runs"][0]["cpu"] == "other cpu"
     assert base["gatys"][0]["s_per_iter"] == 0.5  # the base is not modified
 
 
@@ -276,6 +278,14 @@ def test_markdown_renders_torch_columns_and_goals():
     assert "| gatys_s_per_iter | 64px lbfgs | 0.50 | ≤ 0.8 | yes |" in text
     assert "| 256 | 456x256 | 8 | 24 | 2.5 | 0.4 | 3.0 | 2 | 1.25 |" in text
     assert "| video_frames_per_s | 256px frames batch 8 | 1.25 | ≥ 1.0 | yes |" in text
+    assert "another machine" not in text
+    # A section merged from another host says so (same host: nothing to say).
+    result["merged_runs"] = [{"settings": {"sections": ["video"]}, "cpu": "test cpu", "cpu_count": 2},
+                             {"settings": {"sections": ["video"]}, "cpu": "other cpu", "cpu_count": 4,
+                              "loadavg_start": [2.5, 2, 2]}]
+    text = b.render_markdown(result)
+    assert text.count("another machine") == 1
+    assert "Merged later from another machine: video on other cpu, 4 cores, load average at start 2.5." in text
 
 
 @pytest.mark.skipif(HAS_TORCH, reason="checks the message shown when PyTorch is missing")
