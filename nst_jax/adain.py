@@ -542,7 +542,8 @@ class AdainConfig:
     alpha: float = dataclasses.field(default=1.0, metadata={
         "help": "content-style trade-off, 0 (content) to 1 (style)", "group": "style"})
     size: int = dataclasses.field(default=512, metadata={
-        "help": "output HEIGHT in pixels (aspect ratio kept), 0 = original", "group": "images", "min": ">=0"})
+        "help": "output HEIGHT in pixels (aspect ratio kept), 0 = original", "group": "images", "min": ">=0",
+        "default_help": "512 for images; a clip keeps its own height, lowered to what fits in memory"})
     style_size: int | None = dataclasses.field(default=None, metadata={
         "help": "style HEIGHT in pixels, 0 = original", "group": "images", "min": ">=0",
         "default_help": "resized to the content's height and width"})

@@ -3,7 +3,8 @@
 * :func:`available_bytes`: the default device's allocator limit (accelerators) or physical RAM (CPU).
 * :func:`gatys_bytes`: one Gatys optimization (plain or tiled), counting VGG activations, the
   VGG parameters and the solver's own image-sized vectors per optimizer.
-* :func:`adain_bytes`: one AdaIN stylization (encoder on content and styles, decoder).
+* :func:`adain_bytes`: one AdaIN stylization (encoder on content and styles, decoder);
+  :func:`adain_video_height`: the largest frame height of a clip whose batches fit a budget.
 
 Every estimate errs on the safe side of what XLA plans for the compiled program
 (``compiled.memory_analysis()``); tests/test_memory.py checks that at small sizes.
@@ -13,11 +14,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
 
 from nst_jax import vgg
+from nst_jax.errors import MemoryBudgetError
 
 Params = dict
 
@@ -169,3 +172,88 @@ def adain_bytes(
     floats = _encoder_floats(vgg_params, *content_hw) + _decoder_floats(decoder_params, *content_hw)
     floats += sum(_encoder_floats(vgg_params, h, w) for h, w in style_hws)
     return 4 * floats * batch
+
+
+# ----------------------------------------------------------------------------------------------
+# AdaIN on a clip: the frame height that fits
+
+
+ADAIN_MIN_SIDE = vgg.min_image_size(vgg.ADAIN_VGG.layers[-1:])  # the encoder's deepest layer (relu4_1)
+
+
+def adain_video_bytes(frame_hw: tuple[int, int], style_hws: Sequence[tuple[int, int]], style_size: int | None,
+                      vgg_params: Params, decoder_params: Params, batch: int) -> int:
+    """:func:`adain_bytes` of one batch of ``batch`` frames of ``frame_hw`` and their styles.
+
+    ``style_hws`` are the styles' stored sizes; each enters at ``style_size`` pixels high (the
+    frame's height when None or 0), aspect ratio kept, as ``nst-adain`` resizes them for a clip.
+    """
+    height = style_size or frame_hw[0]
+    sized = [(height, max(1, round(height * sw / sh))) for sh, sw in style_hws]
+    return adain_bytes(frame_hw, sized, vgg_params, decoder_params, batch=batch)
+
+
+class VideoHeight(NamedTuple):
+    """The height an AdaIN clip is stylized at (:func:`adain_video_height`)."""
+
+    height: int  # frames are resized to this height; 0 keeps their size (``--size 0``)
+    need_bytes: int  # estimated peak at ``height``, the largest over the orientations counted
+    shape: tuple[int, int]  # the frame (height, width) of that estimate
+    lowered_from: int | None  # the clip's own height when it did not fit and was lowered, else None
+    lowered_need_bytes: int | None  # what the clip's own height would have needed
+
+
+def _frame_shapes(clip_hws: Sequence[tuple[int, int]], height: int) -> list[tuple[int, int]]:
+    return [(height, max(1, round(height * w / h))) if height else (h, w) for h, w in dict.fromkeys(clip_hws)]
+
+
+def adain_video_height(clip_hw: tuple[int, int], requested: int | None, budget_bytes: int,
+                       style_hws: Sequence[tuple[int, int]], style_size: int | None, vgg_params: Params,
+                       decoder_params: Params, batch: int, *, rotation_known: bool = True) -> VideoHeight:
+    """Chooses the frame height of an AdaIN clip run (``--size``) from header sizes and a memory budget.
+
+    Pure: sizes and the budget in, a decision out; nothing is decoded or printed.
+
+    Args:
+      clip_hw: the clip's (height, width): upright (rotation applied) when ``rotation_known``, else
+        the container header's stored size, and both orientations are counted.
+      requested: ``--size`` as given (0 = the clip's own height), or None when not given: then the
+        clip's own height, or the largest height whose batches fit ``budget_bytes`` when that does not.
+      style_hws, style_size, batch: as for :func:`adain_video_bytes`.
+
+    Raises:
+      MemoryBudgetError: a given ``requested`` does not fit, or not even the smallest height the
+        encoder takes (:data:`ADAIN_MIN_SIDE`) does.
+    """
+    hws = [clip_hw] if rotation_known else [clip_hw, clip_hw[::-1]]
+
+    def need(height: int) -> tuple[int, tuple[int, int]]:
+        return max((adain_video_bytes(hw, style_hws, style_size, vgg_params, decoder_params, batch), hw)
+                   for hw in _frame_shapes(hws, height))
+
+    own = clip_hw[0]
+    height = own if requested is None else requested
+    need_bytes, shape = need(height)
+    if need_bytes <= budget_bytes:
+        return VideoHeight(height, need_bytes, shape, None, None)
+    if requested is not None:
+        raise MemoryBudgetError(_too_large(need_bytes, budget_bytes, shape, batch,
+                                           "lower --batch or --size (and --style-size)"))
+    lowest = min(ADAIN_MIN_SIDE, own)
+    low_bytes, low_shape = need(lowest)
+    if low_bytes > budget_bytes:
+        raise MemoryBudgetError(_too_large(low_bytes, budget_bytes, low_shape, batch,
+                                           "lower --batch (and --style-size)"))
+    # The estimate grows with the height: bisect for the largest height within the budget.
+    lo, hi = lowest, height  # need(lo) fits, need(hi) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if need(mid)[0] <= budget_bytes else (lo, mid)
+    fit_bytes, fit_shape = need(lo)
+    return VideoHeight(lo, fit_bytes, fit_shape, own, need_bytes)
+
+
+def _too_large(need: int, budget: int, shape: tuple[int, int], batch: int, fix: str) -> str:
+    h, w = shape
+    return (f"batches of {batch} frames at {w}x{h} px need about {need / 2**30:.1f} GiB but {budget / 2**30:.1f} "
+            f"GiB are available; {fix}, or raise --max-memory if you know better")

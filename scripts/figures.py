@@ -7,10 +7,15 @@
 * ``style_layers.png`` (report Fig. 5): the style loss on relu1_1 only, then relu1_1 and relu2_1, ...,
   up to all five default style layers.
 * ``loss_curves.png``: the total loss per iteration of the optimizer runs (log scale).
+* ``video_consistency.png`` (``--figures video``, needs the video extra): a pan across the content
+  image stylized frame by frame independently and with Ruder et al.'s (2016) warm start and
+  temporal loss, each row above its temporal error maps: |out_t - warp(out_{t-1})| on pixels where
+  the optical flow is consistent (black: masked out or no error; brighter: more flicker; x4).
 
 Usage::
 
     python scripts/figures.py --weights vgg19.pth --size 256 --iterations 300 --output-dir figures
+    python scripts/figures.py --weights vgg19.pth --size 128 --figures video --video-frames 6
 
 The optimizer and layer defaults are those of ``nst-gatys`` (:class:`nst_jax.gatys.GatysConfig`).
 """
@@ -21,19 +26,24 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from nst_jax import cli, color, gatys, plot, vgg, weights  # noqa: E402
+from nst_jax import cli, color, flow, gatys, plot, vgg, weights  # noqa: E402
 from nst_jax import image as imageio  # noqa: E402
-from nst_jax.errors import check_choice  # noqa: E402
+from nst_jax.errors import ConfigError, check_choice  # noqa: E402
 
-FIGURES: tuple[str, ...] = ("color", "optimizers", "layers", "curves")
+FIGURES: tuple[str, ...] = ("color", "optimizers", "layers", "curves", "video")
+# The video figure is drawn on request: it needs the video extra (OpenCV's optical flow).
+DEFAULT_FIGURES: tuple[str, ...] = ("color", "optimizers", "layers", "curves")
+VIDEO_ERROR_GAIN = 4.0  # error maps are |difference| x 4, so that small flicker shows
 _LABEL_HEIGHT = 22
 _GAP = 6
 
@@ -77,6 +87,72 @@ def _save(path: Path, picture: Image.Image) -> Path:
     return path
 
 
+def pan_frames(still: np.ndarray, n: int) -> list[np.ndarray]:
+    """``n`` frames panning left to right across ``still``: full height, shifted by ``step`` px each.
+
+    The step, ``max(2, height // 32)`` px, is a clearly visible motion at any size.
+    """
+    step = max(2, still.shape[0] // 32)
+    width = still.shape[1] - step * (n - 1)
+    if width < 1:
+        raise ConfigError(f"--video-frames {n} pans {step * (n - 1)} px across a content image "
+                          f"{still.shape[1]} px wide; use fewer frames or a wider image")
+    return [still[:, step * t:step * t + width] for t in range(n)]
+
+
+def error_maps(outputs: list[np.ndarray], frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Gray maps of |out_t - warp(out_{t-1})| where the flow is consistent, x VIDEO_ERROR_GAIN (frame 0: black).
+
+    The error of Ruder et al. (2016) and of ``flow.temporal_error``, per pixel, with the flow of
+    the input frames.
+    """
+    maps = [np.zeros_like(outputs[0])]
+    for t in range(1, len(outputs)):
+        back, fwd = flow.flows(frames[t - 1], frames[t])
+        warped = np.asarray(flow.warp(jnp.asarray(outputs[t - 1]), jnp.asarray(back)))
+        mask = np.asarray(flow.consistency_mask(jnp.asarray(back), jnp.asarray(fwd)))
+        err = np.mean(np.abs(outputs[t] - warped), axis=-1) * mask
+        maps.append(np.repeat(np.clip(VIDEO_ERROR_GAIN * err, 0, 1)[..., None], 3, axis=-1))
+    return maps
+
+
+class VideoFigure(NamedTuple):
+    picture: Image.Image
+    panels: dict[str, list[np.ndarray]]  # "input", "independent", "independent error", "temporal", ...
+    temporal_error: dict[str, float]  # per mode, as run_gatys measures it
+
+
+VIDEO_MODES = (("independent", "independent frames"), ("temporal", "warm start + temporal loss"))
+
+
+def video_figure(params, frames: list[np.ndarray], style: np.ndarray, config: gatys.GatysConfig, *,
+                 video_iterations: int, temporal_weight: float) -> VideoFigure:
+    """Independent vs temporally consistent Gatys frames (Ruder et al. 2016), each above its error maps."""
+    from nst_jax import video_style  # here: it imports flax, which the other figures do not need
+
+    n = len(frames)
+    rows = [grid(list(frames), [f"frame {t}" for t in range(n)], "input (pan)")]
+    panels, errors = {"input": list(frames)}, {}
+    for mode, title in VIDEO_MODES:
+        t0 = time.perf_counter()
+        outs: list[np.ndarray] = []
+        r = video_style.run_gatys(params, frames, jnp.asarray(style)[None], config, mode=mode,
+                                  video_iterations=video_iterations, temporal_weight=temporal_weight,
+                                  on_frame=lambda i, img: outs.append(np.asarray(img)))
+        print(f"  {mode}: temporal error {r.temporal_error:.4g} in {time.perf_counter() - t0:.1f} s",
+              file=sys.stderr)
+        maps = error_maps(outs, frames)
+        panels[mode], panels[f"{mode} error"], errors[mode] = outs, maps, r.temporal_error
+        rows.append(grid(outs, [f"t={t}" for t in range(n)], f"{title}: temporal error {r.temporal_error:.4f}"))
+        rows.append(grid(maps, ["" for _ in outs], f"error map x{VIDEO_ERROR_GAIN:g}"))
+    picture = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), (255, 255, 255))
+    y = 0
+    for row in rows:
+        picture.paste(row, (0, y))
+        y += row.height
+    return VideoFigure(picture, panels, errors)
+
+
 @dataclasses.dataclass(frozen=True)
 class FigureOptions:
     """The script's own flags; the optimizer and layers come from GatysConfig."""
@@ -88,8 +164,12 @@ class FigureOptions:
     iterations: int = cli.option(300, "iterations of every run", min=">0")
     adam_learning_rates: tuple[float, ...] = cli.option((0.005, 0.02, 0.1), "Adam step sizes compared with L-BFGS",
                                                         min=">0")
-    figures: tuple[str, ...] = cli.option(FIGURES, "which figures to draw", choices=FIGURES)
+    figures: tuple[str, ...] = cli.option(DEFAULT_FIGURES, "which figures to draw", choices=FIGURES)
     output_dir: str = cli.option("figures", "where the PNG files go", metavar="PATH")
+    video_frames: int = cli.option(5, "frames of the video figure (a pan across the content image)", min=">0")
+    video_iterations: int = cli.option(100, "video figure: iterations of each frame after the first (the first "
+                                       "and every independent frame get --iterations)", min=">0")
+    temporal_weight: float = cli.option(100.0, "video figure: weight of the temporal loss", min=">0")
 
 
 _FROM_CONFIG = ("optimizer", "content_layers", "style_layers")
@@ -116,6 +196,9 @@ def _main(argv=None) -> int:
     deepest = max(base.layers, key=vgg.LAYERS.index)
     imageio.check_min_size(content, min_side, "content image", layer=deepest)
     imageio.check_min_size(style, min_side, "style image", layer=deepest)
+    frames = pan_frames(content, args.video_frames) if "video" in args.figures else None
+    if frames is not None:
+        imageio.check_min_size(frames[0], min_side, "video frame", layer=deepest, flag="--video-frames")
     params = weights.resolve_weights("vgg19", args.weights)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +248,12 @@ def _main(argv=None) -> int:
             images.append(stylize(dataclasses.replace(base, style_layers=layers[:k])).image)
             labels.append(layers[0] if k == 1 else f"{layers[0]}..{layers[k - 1]}")
         written.append(_save(out / "style_layers.png", grid(images, labels, "style layers")))
+
+    if "video" in args.figures:
+        print("video: independent frames vs warm start + temporal loss", file=sys.stderr)
+        fig = video_figure(params, frames, style, base, video_iterations=args.video_iterations,
+                           temporal_weight=args.temporal_weight)
+        written.append(_save(out / "video_consistency.png", fig.picture))
     for path in written:
         print(path)
     return 0

@@ -11,7 +11,8 @@ like with like:
 * AdaIN (Huang & Belongie 2017) as naoto0804/pytorch-AdaIN: the ``vgg_normalised`` encoder
   (1x1 preprocessing conv, reflection padding, ceil-mode pooling) up to relu4_1, the decoder
   ``nn.Sequential`` of ``net.py``, ``test.py``'s ``style_transfer`` and ``net.py``'s training loss
-  (``nn.MSELoss`` on relu4_1 and on channel means / standard deviations) with Adam.
+  (``nn.MSELoss`` on relu4_1 and on channel means / standard deviations) with Adam; for a video,
+  ``test_video.py``'s loop, one frame at a time, with the style's features computed once.
 
 Weights come in as numpy arrays in the nst_jax layout (``params["conv1_1"]["kernel"]`` HWIO,
 ``["bias"]``), converted here to OIHW, so both frameworks run the same network on the same inputs.
@@ -249,6 +250,24 @@ class AdainTorch:
             feat = feat * alpha + content_f * (1 - alpha)
             out = self.decoder(feat).clamp(0.0, 1.0)
         sync()  # the caller times this call
+        return out
+
+    def stylize_frames(self, frames: Sequence[np.ndarray], style: np.ndarray, alpha: float = 1.0) -> list[np.ndarray]:
+        """A clip frame by frame as pytorch-AdaIN's ``test_video.py``, the style encoded once.
+
+        ``frames`` are (H, W, 3) numpy images in [0, 1] and so are the results: each frame goes to a
+        tensor, through the encoder, AdaIN with the style's statistics, the decoder and back, as a
+        video loop reads and writes frames.
+        """
+        out = []
+        with torch.no_grad():
+            s_mean, s_std = calc_mean_std(self.encode(nchw(style)))
+            for frame in frames:
+                content_f = self.encode(nchw(frame[None]))
+                c_mean, c_std = calc_mean_std(content_f)
+                feat = (content_f - c_mean) / c_std * s_std + s_mean
+                feat = feat * alpha + content_f * (1 - alpha)
+                out.append(nhwc(self.decoder(feat).clamp(0.0, 1.0))[0])  # nhwc copies to the host: synced
         return out
 
     def losses(self, content: torch.Tensor, style: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

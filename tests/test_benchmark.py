@@ -92,6 +92,39 @@ def test_quick_adain_and_train_entries(quick):
     assert math.isclose(t["images_per_s_per_device"], t["batch"] / t["step_s"] / t["devices"])
 
 
+def test_quick_video_entries(quick):
+    """The video section's quick path: run_adain over a 16:9 pan, one row per batch size, compiled once."""
+    _, r = quick
+    p = r["settings"]
+    assert [(v["height"], v["batch"]) for v in r["video"]] == [(32, b) for b in p["video_batches"]] == [(32, 1), (32, 2)]
+    for v in r["video"]:
+        assert v["width"] == 56 and v["frames"] == p["video_frames"] == 4
+        assert v["recompiles"] == 0 and positive(v["compile_s"]) and positive(v["first_clip_s"])
+        assert positive(v["s_per_frame"]) and math.isclose(v["frames_per_s"], 1 / v["s_per_frame"])
+        assert "torch" not in v and "ratio_frames_per_s" not in v  # no --compare-torch
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="needs PyTorch (the torch extra)")
+def test_quick_video_against_torch(tmp_path):
+    """With PyTorch: its frame loop gives the frames of run_adain (same weights and frames), and a ratio."""
+    out = tmp_path / "video.json"
+    proc = run_script("--quick", "--compare-torch", "--only", "video", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["video"]
+    assert len(rows) == 2
+    for v in rows:
+        # float32 through the same ~20 convolutions summed in another order; outputs are in [0, 1].
+        assert v["max_abs_diff"] <= 1e-3, v
+        assert math.isclose(v["ratio_frames_per_s"], v["frames_per_s"] / v["torch"]["frames_per_s"])
+
+
+def test_video_frames_are_16_9_and_decode_to_their_size():
+    b = load_benchmark()
+    for height, width in ((32, 56), (256, 456), (512, 912), (1080, 1920)):
+        assert b.video_frame_width(height) == width and width % 8 == 0
+        assert abs(width / height - 16 / 9) < 8 / height
+
+
 def test_quick_ops_agree_with_jax_default_rules(quick):
     """Each custom-VJP op gives the values of JAX's own rule (timings are only recorded)."""
     _, r = quick
@@ -113,6 +146,7 @@ def test_markdown_from_quick_json(quick):
     assert r["machine"]["versions"]["jax"] in text
     assert "| 32 | adam | 2 |" in text and "AdaIN stylization" in text and "training step" in text
     assert "| max pool, gradient | 1x16x16x8 |" in text
+    assert "AdaIN video" in text and "| 32 | 56x32 | 2 | 4 |" in text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,27 +227,40 @@ def test_assemble_gatys_ratios_and_time_to_target():
 
 def test_merge_replaces_matching_entries_and_keeps_the_rest():
     b = load_benchmark()
+    video = [{"height": h, "batch": n, "frames_per_s": 1.0} for h in (256, 512) for n in (1, 8)]
     base = {"machine": {"cpu": "x"}, "settings": {}, "gatys": gatys_entries(), "adain": [], "train": [],
-            "chunks": [], "gatys_eval": [], "memory": {"scan": [{"size": 1}], "fit": {"a": 1}}, "errors": []}
+            "chunks": [], "gatys_eval": [], "memory": {"scan": [{"size": 1}], "fit": {"a": 1}}, "errors": [],
+            "video": video}
     newer = dict(base["gatys"][0], s_per_iter=0.25)
     new = {"machine": {"loadavg_start": [1, 1, 1]}, "settings": {"sizes": [64]}, "gatys": [newer], "adain": [],
-           "train": [], "chunks": [], "gatys_eval": [], "memory": {"scan": [], "static": [{"size": 2}]}, "errors": []}
+           "train": [], "chunks": [], "gatys_eval": [], "memory": {"scan": [], "static": [{"size": 2}]}, "errors": [],
+           "video": [{"height": 512, "batch": 8, "frames_per_s": 2.0}]}
     merged = b.merge_results(base, new)
     assert [(e["optimizer"], e["s_per_iter"]) for e in merged["gatys"]] == [("adam", 0.4), ("lbfgs", 0.25)]
+    assert [(v["height"], v["batch"], v["frames_per_s"]) for v in merged["video"]] == [
+        (256, 1, 1.0), (256, 8, 1.0), (512, 1, 1.0), (512, 8, 2.0)]
     assert merged["memory"] == {"scan": [{"size": 1}], "fit": {"a": 1}, "static": [{"size": 2}]}
     assert merged["merged_runs"][0]["settings"] == {"sizes": [64]}
+    new["machine"].update(cpu="other cpu", cpu_count=4)
+    assert b.merge_results(base, new)["merged_runs"][0]["cpu"] == "other cpu"
     assert base["gatys"][0]["s_per_iter"] == 0.5  # the base is not modified
 
 
 def test_goals_follow_the_issue_thresholds():
     b = load_benchmark()
     result = {"gatys": gatys_entries(), "adain": [{"size": 256, "batch": 1, "ratio_latency": 1.2}],
-              "train": [{"crop": 256, "batch": 8, "ratio_step": 0.9}]}
+              "train": [{"crop": 256, "batch": 8, "ratio_step": 0.9}],
+              "video": [{"height": 256, "batch": 1, "ratio_frames_per_s": 0.9},
+                        {"height": 256, "batch": 8, "ratio_frames_per_s": 1.0},
+                        {"height": 512, "batch": 8}]}  # no PyTorch run: no goal
     goals = {(g["goal"], g["where"]): g["met"] for g in b.check_goals(result)}
     assert goals == {("gatys_s_per_iter", "64px lbfgs"): True,  # 0.5 <= 0.8
                      ("gatys_final_loss", "64px lbfgs"): True,  # 0.8 <= 1
                      ("adain_latency", "256px batch 1"): False,
-                     ("train_step", "256px batch 8"): True}
+                     ("train_step", "256px batch 8"): True,
+                     # frames/s: JAX must reach PyTorch's (>= 1.0), not stay under it
+                     ("video_frames_per_s", "256px frames batch 1"): False,
+                     ("video_frames_per_s", "256px frames batch 8"): True}
 
 
 def test_markdown_renders_torch_columns_and_goals():
@@ -221,11 +268,24 @@ def test_markdown_renders_torch_columns_and_goals():
     result = {"machine": {"cpu": "test cpu", "cpu_count": 2, "backend": "cpu", "device_kind": "cpu",
                           "versions": {"jax": "9.9"}, "loadavg_start": [1.0, 1.0, 1.0]},
               "settings": {"widths": None},
-              "gatys": gatys_entries(), "adain": [], "train": [], "memory": {}}
+              "gatys": gatys_entries(), "adain": [], "train": [], "memory": {},
+              "video": [{"height": 256, "width": 456, "batch": 8, "frames": 24, "frames_per_s": 2.5,
+                         "s_per_frame": 0.4, "compile_s": 3.0, "torch": {"frames_per_s": 2.0},
+                         "ratio_frames_per_s": 1.25}]}
     result["goals"] = b.check_goals(result)
     text = b.render_markdown(result)
     assert "jax 9.9" in text and "| 64 | lbfgs | 3 |" in text and "| 64 | lbfgs | 1 | 1 | 1.00 |" in text
     assert "| gatys_s_per_iter | 64px lbfgs | 0.50 | ≤ 0.8 | yes |" in text
+    assert "| 256 | 456x256 | 8 | 24 | 2.5 | 0.4 | 3.0 | 2 | 1.25 |" in text
+    assert "| video_frames_per_s | 256px frames batch 8 | 1.25 | ≥ 1.0 | yes |" in text
+    assert "another machine" not in text
+    # A section merged from another host says so (same host: nothing to say).
+    result["merged_runs"] = [{"settings": {"sections": ["video"]}, "cpu": "test cpu", "cpu_count": 2},
+                             {"settings": {"sections": ["video"]}, "cpu": "other cpu", "cpu_count": 4,
+                              "loadavg_start": [2.5, 2, 2]}]
+    text = b.render_markdown(result)
+    assert text.count("another machine") == 1
+    assert "Merged later from another machine: video on other cpu, 4 cores, load average at start 2.5." in text
 
 
 @pytest.mark.skipif(HAS_TORCH, reason="checks the message shown when PyTorch is missing")
@@ -242,6 +302,8 @@ def test_bad_arguments_exit_2(tmp_path):
     assert proc.returncode == 2 and "error:" in proc.stderr
     proc = run_script("--optimizers", "lbfgs,sgd", timeout=60)
     assert proc.returncode == 2 and "unknown optimizer 'sgd'" in proc.stderr
+    proc = run_script("--video-frames", "0", timeout=60)
+    assert proc.returncode == 2 and "--video-frames" in proc.stderr
 
 
 # ----------------------------------------------------------------------------------------------

@@ -306,7 +306,8 @@ def add_fields(parser: argparse.ArgumentParser, cls: type, *, groups: dict[str, 
             # A list's metavar is one NAME, so the valid names go into the help, before the default.
             metavar = "NAME"
             help_text = f"{help_text}; from {','.join(map(str, choices))}"
-        shown = meta.get("default_help") if default is None else show_default(default)
+        # default_help wins: it can say more than the value (e.g. a default that depends on the input).
+        shown = meta.get("default_help") or (None if default is None else show_default(default))
         if shown:
             help_text = f"{help_text} (default: {shown})"
         help_text = help_text.replace("%", "%%")

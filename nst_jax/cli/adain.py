@@ -382,9 +382,11 @@ def _load_mask(path: str) -> np.ndarray:
 
 
 def _main(argv: Sequence[str] | None, done: list[pathlib.Path]) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    parser.set_defaults(size=None)  # tells a given --size from the default: a clip keeps its own height
+    args = parser.parse_args(argv)
     compile_cache.enable()  # before the first compile; the library itself never sets it
-    config = cli.from_args(AdainConfig, args)
+    config = cli.from_args(AdainConfig, args, size=AdainConfig.size if args.size is None else args.size)
     styles = _expand(args.style, "style image") if args.style else [image_io.default_style_path()]
     wts = args.style_interpolation_weights
     if wts is not None and args.mask is not None:
@@ -404,7 +406,7 @@ def _main(argv: Sequence[str] | None, done: list[pathlib.Path]) -> int:
         if mask is not None:
             raise ConfigError("--mask cannot be used with a video --content; drop it")
         vgg_params, decoder_params = _load_weights(args.vgg, args.decoder, not args.no_progress)
-        return cli_video.adain(args, config, vgg_params, decoder_params, styles, wts)
+        return cli_video.adain(args, config, vgg_params, decoder_params, styles, wts, size=args.size)
     contents = (_expand([args.content], "content image") if args.content
                 else [image_io.default_content_path()])
     jobs, grid_dir = _plan(contents, styles, args.output, interpolation_weights=wts, mask=args.mask)

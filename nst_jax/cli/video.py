@@ -139,20 +139,17 @@ def check_gatys_memory(args, config, params, size: int | None = None) -> None:
                     f"a style image (--style-scale {args.style_scale:g})", "lower --style-scale or --size")
 
 
-def check_adain_memory(args, config, vgg_params, decoder_params, styles) -> None:
-    """As :func:`check_gatys_memory` for AdaIN, counting ``--batch`` frames per call and the styles."""
-    budget = _budget(args)
-    worst = (0, (0, 0))
-    for h, w in _frame_shapes(args.content, config.size):
-        style_hws = []
-        for p in styles:
-            sh, sw = imageio.image_size(p, "style image")
-            height = config.style_size or h
-            style_hws.append((height, max(1, round(height * sw / sh))))
-        need = memory.adain_bytes((h, w), style_hws, vgg_params, decoder_params, batch=args.batch)
-        worst = max(worst, (need, (h, w)))
-    _refuse(worst[0], budget, worst[1], f"batches of {args.batch} frames",
-            "lower --batch or --size (and --style-size)")
+def check_adain_memory(args, config, vgg_params, decoder_params, styles, size: int | None,
+                       clip_hw: tuple[int, int] | None = None) -> memory.VideoHeight:
+    """The frame height of an AdaIN clip (:func:`nst_jax.memory.adain_video_height`), counting ``--batch``.
+
+    ``clip_hw=None``: from the container header, before any frame is decoded (both orientations);
+    else from the upright size. Raises MemoryBudgetError when a given ``size`` does not fit.
+    """
+    return memory.adain_video_height(
+        video.header_size(args.content) if clip_hw is None else clip_hw, size, _budget(args),
+        [imageio.image_size(p, "style image") for p in styles], config.style_size, vgg_params, decoder_params,
+        args.batch, rotation_known=clip_hw is not None)
 
 
 def gatys(args, config, loss_weights, params, levels) -> int:
@@ -182,14 +179,30 @@ def gatys(args, config, loss_weights, params, levels) -> int:
     return _finish(args, metrics, args.output)
 
 
-def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights) -> int:
-    """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths."""
+def adain(args, config, vgg_params, decoder_params, styles, interpolation_weights, size: int | None) -> int:
+    """Runs ``nst-adain`` on a clip; ``styles`` are the style image paths, ``size`` is ``--size`` or None.
+
+    Without ``--size`` the frames keep the clip's upright height, lowered to the largest height
+    whose batches fit the memory budget (one line on stderr says so); a given ``--size`` that does
+    not fit is refused from the container header, before any frame is decoded.
+    """
     from nst_jax import video_style
     output = args.output or "stylized.mp4"
     video.check_output(output, source=args.content)
-    check_adain_memory(args, config, vgg_params, decoder_params, styles)
+    if size is not None:
+        check_adain_memory(args, config, vgg_params, decoder_params, styles, size)
     info = video.probe(args.content)
-    height = config.size or info.height
+    height = size
+    if size is None:
+        fit = check_adain_memory(args, config, vgg_params, decoder_params, styles, None, (info.height, info.width))
+        if fit.lowered_from is not None:
+            h, w = fit.shape
+            print(f"note: stylizing at {w}x{h} px, not the clip's {info.width}x{info.height}: batches of "
+                  f"{args.batch} frames at full size need about {fit.lowered_need_bytes / 2**30:.1f} GiB but "
+                  f"{_budget(args) / 2**30:.1f} GiB are available; choose the height with --size (or lower --batch)",
+                  file=sys.stderr)
+        height = fit.height
+    height = height or info.height
     style_height = config.style_size or height
     imgs = [_style(p, style_height) for p in styles]
     run = functools.partial(video_style.run_adain, vgg_params, decoder_params, styles=imgs, alpha=config.alpha,

@@ -47,6 +47,41 @@ def test_adain_clip_to_clip(clip, tmp_path, capsys):
     assert KEYS <= set(m) and m["frames"] == 5 and m["temporal_error"] is not None
 
 
+def test_adain_without_size_keeps_the_clips_upright_height(clip, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    # Batch 4 at 32x48: the program of the test above.
+    assert adain_cli.main(["--content", str(clip), "-o", str(out), "--batch", "4", *ADAIN]) == 0, \
+        capsys.readouterr().err
+    assert _clips.streams(out)["size"] == (32, 48)
+    assert "note:" not in capsys.readouterr().err
+    # A phone clip stored 48 wide and 32 high, shown rotated: the height is the upright one.
+    rotated, out = tmp_path / "rotated.mp4", tmp_path / "rotated_out.mp4"
+    _clips.write_clip(rotated, _clips.pan_frames(2, h=32, w=48), rotation=90, audio=False)
+    assert adain_cli.main(["--content", str(rotated), "-o", str(out), "--batch", "2", *ADAIN]) == 0, \
+        capsys.readouterr().err
+    assert _clips.streams(out)["size"] == (48, 32)
+
+
+def test_adain_without_size_lowers_the_height_to_fit_the_budget(clip, tmp_path, capsys):
+    from nst_jax import image, memory, weights
+
+    vgg = weights.load_adain_vgg(FIXTURES / "adain" / "vgg_normalised_narrow.pth")
+    dec = weights.load_adain_decoder(FIXTURES / "adain" / "decoder_narrow.pth")
+    style = tmp_path / "style.png"
+    image.save_image(style, _clips.pan_frames(1, h=32, w=48)[0])  # resized to the frames' height and aspect
+    # Exactly what a batch of 4 frames of 24x36 (and the style at that size) needs: 24 px fits, 25 does not.
+    budget = memory.adain_bytes((24, 36), [(24, 36)], vgg, dec, batch=4)
+    assert memory.adain_bytes((25, 38), [(25, 38)], vgg, dec, batch=4) > budget
+    out = tmp_path / "out.mp4"
+    rc = adain_cli.main(["--content", str(clip), "-o", str(out), "--style", str(style), "--batch", "4",
+                         "--max-memory", str(budget / 2**30), *ADAIN])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert _clips.streams(out)["size"] == (24, 36)
+    notes = [line for line in err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "36x24 px, not the clip's 48x32" in notes[0] and "--size" in notes[0], err
+
+
 def test_gatys_clip_to_clip(clip, tmp_path, capsys):
     out, metrics = tmp_path / "out.mkv", tmp_path / "m.json"
     rc = gatys_cli.main(["--content", str(clip), "-o", str(out), "--size", "16", "--metrics-json", str(metrics),
