@@ -317,6 +317,28 @@ def test_live_view_serves_what_is_published():
         view.close()
 
 
+def test_live_view_leaves_the_host_processes_logging_alone():
+    """Starting a server must not reconfigure logging: uvicorn's default config shut down every handler."""
+    import io
+    import logging
+
+    from nst_jax.app.live import LiveView
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.close = lambda: stream.close()  # as absl's handler does with a stream it does not own
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        view = LiveView(port=0, total=1)
+        view.close()
+        assert handler in root.handlers and not stream.closed
+        logging.getLogger("nst_jax.test").warning("still logged")
+        assert "still logged" in stream.getvalue()
+    finally:
+        root.removeHandler(handler)
+
+
 def test_settings_choices_are_the_librarys():
     from nst_jax import gatys
     from nst_jax.app import jobs

@@ -343,7 +343,11 @@ class Server:
 
         self.sock = bind(host, port)
         self.host, self.port = host, self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        # log_config=None: uvicorn's own config would run logging.config.dictConfig, which shuts down
+        # every handler the host process has (a LiveView started from research code would silently
+        # drop the user's logging set-up, and close the streams of handlers such as absl's).
+        config = uvicorn.Config(app, log_level="warning", log_config=None, lifespan="off",
+                                timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
