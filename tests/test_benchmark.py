@@ -39,6 +39,11 @@ def run_script(*args, timeout=900):
 # The quick run
 
 
+# The tests that read the quick run share one worker (pytest-xdist's loadgroup, set in pyproject):
+# spread over both, each worker would run the minute-long quick benchmark itself.
+QUICK = pytest.mark.xdist_group("benchmark-quick")
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "quick.json"
@@ -52,6 +57,7 @@ def positive(x):
 
 
 @pytest.mark.slow
+@QUICK
 def test_quick_machine_section(quick):
     _, r = quick
     assert r["schema"] == 1 and r["errors"] == []
@@ -64,6 +70,7 @@ def test_quick_machine_section(quick):
 
 
 @pytest.mark.slow
+@QUICK
 def test_quick_gatys_entries(quick):
     _, r = quick
     (e,) = r["gatys"]
@@ -81,6 +88,7 @@ def test_quick_gatys_entries(quick):
 
 
 @pytest.mark.slow
+@QUICK
 def test_quick_adain_and_train_entries(quick):
     _, r = quick
     (a,) = r["adain"]
@@ -92,6 +100,7 @@ def test_quick_adain_and_train_entries(quick):
     assert math.isclose(t["images_per_s_per_device"], t["batch"] / t["step_s"] / t["devices"])
 
 
+@QUICK
 def test_quick_video_entries(quick):
     """The video section's quick path: run_adain over a 16:9 pan, one row per batch size, compiled once."""
     _, r = quick
@@ -125,6 +134,7 @@ def test_video_frames_are_16_9_and_decode_to_their_size():
         assert abs(width / height - 16 / 9) < 8 / height
 
 
+@QUICK
 def test_quick_ops_agree_with_jax_default_rules(quick):
     """Each custom-VJP op gives the values of JAX's own rule (timings are only recorded)."""
     _, r = quick
@@ -138,6 +148,7 @@ def test_quick_ops_agree_with_jax_default_rules(quick):
 
 
 @pytest.mark.slow
+@QUICK
 def test_markdown_from_quick_json(quick):
     path, r = quick
     proc = run_script("--markdown", str(path), timeout=60)
