@@ -24,16 +24,19 @@ at once). Errors print ``error: <message>`` and exit with status 2.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from tqdm import tqdm
 
 from nst_jax import cli, compile_cache, train
+from nst_jax.errors import ConfigError
 
 PROG = "nst-train"
 
@@ -142,8 +145,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         # leave at once with the message already printed.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(rc)
+        _leave_together(rc)
     return rc
+
+
+# How long a failed process waits for its peers at the exit barrier (they fail together when the
+# error was agreed, e.g. different --num-processes; a peer that did not fail is not waited for longer).
+LEAVE_TIMEOUT_S = 5.0
+
+
+def _leave_together(rc: int) -> None:
+    """Exits with ``rc`` after the peers that failed too, process 0 last.
+
+    Process 0 hosts JAX's coordination service: when it exits first, a peer still between its error
+    line and its exit is aborted by JAX (exit -6 and a C++ log instead of the one line and 2).
+    """
+    import jax
+
+    from nst_jax import distributed
+
+    info = distributed.ProcessInfo(jax.process_index(), jax.process_count())
+    with contextlib.suppress(ConfigError):  # a peer that did not fail (or died): leave without it
+        distributed.barrier("exit-after-error", info, timeout_s=LEAVE_TIMEOUT_S)
+    if info.is_main:
+        time.sleep(1.0)  # the peers past the barrier exit at once; the service outlives them
+    os._exit(rc)
 
 
 def _several_processes() -> bool:
