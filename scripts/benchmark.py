@@ -577,6 +577,21 @@ def work_fidelity(job) -> dict:
     return out
 
 
+def _adain_nets(job):
+    """Random AdaIN encoder and decoder params for the job's widths, and the PyTorch model holding the
+    same weights when the job compares with torch (else None)."""
+    from nst_jax import adain
+
+    vgg_params = _vgg_params(job.get("widths"), adain_encoder=True)
+    decoder_params = _decoder_params(job.get("widths"))
+    if not job.get("torch", False):
+        return vgg_params, decoder_params, None
+    _torch_threads(job)
+    from torch_reference import AdainTorch
+
+    return vgg_params, decoder_params, AdainTorch(vgg_params, decoder_params, adain.DECODER_LAYERS)
+
+
 def work_adain(job) -> dict:
     """AdaIN stylization latency per (size, batch), JAX and torch alternating."""
     import jax
@@ -585,14 +600,10 @@ def work_adain(job) -> dict:
     from nst_jax import adain
 
     clock = CompileClock()
-    vgg_params = _vgg_params(job.get("widths"), adain_encoder=True)
-    decoder_params = _decoder_params(job.get("widths"))
-    torch_on = job.get("torch", False)
+    vgg_params, decoder_params, model = _adain_nets(job)
+    torch_on = model is not None
     if torch_on:
-        _torch_threads(job)
-        from torch_reference import AdainTorch, nchw, nhwc
-
-        model = AdainTorch(vgg_params, decoder_params, adain.DECODER_LAYERS)
+        from torch_reference import nchw, nhwc
     rows = []
     for size in job["sizes"]:
         for batch in job["batches"]:
@@ -649,21 +660,14 @@ def work_video(job) -> dict:
     The frames are cut into clips of ``max(batches)`` frames; each clip is stylized by every batch size and by
     torch in turn (A B C A B C ...), each side computing the style's statistics once per clip.
     """
-    import jax
     import numpy as np
 
-    from nst_jax import adain, video_style
+    from nst_jax import video_style
     from nst_jax import image as image_io
 
     clock = CompileClock()
-    vgg_params = _vgg_params(job.get("widths"), adain_encoder=True)
-    decoder_params = _decoder_params(job.get("widths"))
-    torch_on = job.get("torch", False)
-    if torch_on:
-        _torch_threads(job)
-        from torch_reference import AdainTorch
-
-        model = AdainTorch(vgg_params, decoder_params, adain.DECODER_LAYERS)
+    vgg_params, decoder_params, model = _adain_nets(job)
+    torch_on = model is not None
     batches = job["batches"]
     clip_len = max(batches)
     rows = []
